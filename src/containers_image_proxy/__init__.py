@@ -1,0 +1,60 @@
+"""Fetch container images through skopeo's image proxy, blocking or with asyncio.
+
+``ImageProxy`` and ``AsyncImageProxy`` start ``skopeo experimental-image-proxy``
+as a child process and stream manifests, configurations and blobs out of any
+containers/image transport (registries, OCI layouts, archives, containers-storage).
+"""
+
+from ._async.proxy import AsyncBlob, AsyncImageProxy, AsyncRawBlob
+from ._image import OpenedImage
+from ._sync.proxy import Blob, ImageProxy, RawBlob
+from .config import ImageProxyConfig
+from .errors import (
+    BlobVerificationError,
+    ClosedError,
+    ConfigurationError,
+    ImageNotFoundError,
+    ImageProxyError,
+    InvalidDigestError,
+    InvalidDocumentError,
+    ProtocolError,
+    ProxyExitedError,
+    ProxyFailedError,
+    ProxyTooOldError,
+    RequestError,
+    SpawnError,
+    StallTimeoutError,
+    VerificationError,
+)
+from .oci import ConvertedLayerInfo, Descriptor, Digest, ImageConfiguration, ImageManifest
+
+__all__ = [
+    "AsyncBlob",
+    "AsyncImageProxy",
+    "AsyncRawBlob",
+    "Blob",
+    "BlobVerificationError",
+    "ClosedError",
+    "ConfigurationError",
+    "ConvertedLayerInfo",
+    "Descriptor",
+    "Digest",
+    "ImageConfiguration",
+    "ImageManifest",
+    "ImageNotFoundError",
+    "ImageProxy",
+    "ImageProxyConfig",
+    "ImageProxyError",
+    "InvalidDigestError",
+    "InvalidDocumentError",
+    "OpenedImage",
+    "ProtocolError",
+    "ProxyExitedError",
+    "ProxyFailedError",
+    "ProxyTooOldError",
+    "RawBlob",
+    "RequestError",
+    "SpawnError",
+    "StallTimeoutError",
+    "VerificationError",
+]

@@ -1,0 +1,147 @@
+"""The few primitives in which the blocking and asyncio shells differ.
+
+``_async/`` is written against :class:`AsyncBackend`; its blocking twin in
+``_sync/`` is generated from it and uses :class:`SyncBackend`, whose methods have
+the same names and meaning but block the calling thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import select
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ._protocol import MAX_FDS, MAX_MSG_SIZE
+
+_T = TypeVar("_T")
+
+_RECV_FLAGS = socket.MSG_CMSG_CLOEXEC
+_TRUNCATED = socket.MSG_TRUNC | socket.MSG_CTRUNC
+
+
+def _recv_now(sock: socket.socket) -> tuple[bytes, list[int], bool]:
+    data, fds, flags, _ = socket.recv_fds(sock, MAX_MSG_SIZE + 1, MAX_FDS, _RECV_FLAGS)
+    return data, fds, bool(flags & _TRUNCATED)
+
+
+class SyncBackend:
+    """Blocking primitives: threads, locks and poll(2)."""
+
+    Lock = threading.Lock
+
+    @staticmethod
+    def wait_readable(fd: int, timeout: float | None) -> bool:
+        """Block until ``fd`` is readable or ``timeout`` passes; False on timeout."""
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(None if timeout is None else timeout * 1000))
+
+    @staticmethod
+    def send(sock: socket.socket, data: bytes) -> None:
+        """Send one packet."""
+        sock.settimeout(None)
+        sock.send(data)
+
+    @staticmethod
+    def recv(sock: socket.socket, timeout: float | None) -> tuple[bytes, list[int], bool] | None:
+        """Receive one packet with its fds; None when ``timeout`` passes first."""
+        sock.settimeout(timeout)
+        try:
+            return _recv_now(sock)
+        except TimeoutError:
+            return None
+
+    @staticmethod
+    def run_blocking(function: Callable[..., _T], *args: Any) -> _T:
+        """Run a blocking call."""
+        return function(*args)
+
+    @staticmethod
+    def prepare_socket(sock: socket.socket) -> None:
+        """Put our end of the socket in the mode this shell expects."""
+        sock.setblocking(True)
+
+
+class AsyncBackend:
+    """asyncio primitives: the running loop's readiness callbacks and its executor."""
+
+    Lock = asyncio.Lock
+
+    @staticmethod
+    async def wait_readable(fd: int, timeout: float | None) -> bool:
+        """Wait until ``fd`` is readable or ``timeout`` passes; False on timeout."""
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(fd, wake)
+        try:
+            await asyncio.wait_for(ready, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            loop.remove_reader(fd)
+        return True
+
+    @staticmethod
+    async def send(sock: socket.socket, data: bytes) -> None:
+        """Send one packet."""
+        await asyncio.get_running_loop().sock_sendall(sock, data)
+
+    @staticmethod
+    async def recv(
+        sock: socket.socket, timeout: float | None
+    ) -> tuple[bytes, list[int], bool] | None:
+        """Receive one packet with its fds; None when ``timeout`` passes first."""
+        while True:
+            try:
+                return _recv_now(sock)
+            except BlockingIOError:
+                pass
+            if not await AsyncBackend.wait_readable(sock.fileno(), timeout):
+                return None
+
+    @staticmethod
+    async def run_blocking(function: Callable[..., _T], *args: Any) -> _T:
+        """Run a blocking call in a worker thread."""
+        return await asyncio.to_thread(function, *args)
+
+    @staticmethod
+    def prepare_socket(sock: socket.socket) -> None:
+        """Put our end of the socket in the mode this shell expects."""
+        sock.setblocking(False)
+
+
+class SyncStreamBase(io.RawIOBase):
+    """Base of blocking blob streams: a readable ``io.RawIOBase``."""
+
+    def readable(self) -> bool:
+        """Blob streams are readable."""
+        return True
+
+
+class AsyncStreamBase:
+    """Base of asyncio blob streams."""
+
+
+_F_SETPIPE_SZ = 1031
+_PIPE_SIZE = 1 << 20
+
+
+def prepare_pipe(fd: int) -> None:
+    """Make a received pipe non-blocking and, where allowed, larger."""
+    os.set_blocking(fd, False)
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
+    except OSError:
+        pass

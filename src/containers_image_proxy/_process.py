@@ -1,0 +1,210 @@
+"""Spawning skopeo and keeping watch over it.
+
+The child is started from a dedicated thread that then waits for it: Linux sends
+the parent-death signal when the spawning *thread* ends, so that thread must live
+exactly as long as the child. Waiting in a thread also avoids a SIGCHLD handler.
+A second thread drains the child's stderr into a bounded tail (and the debug log),
+so a chatty child never blocks on a full pipe.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import ctypes.util
+import fcntl
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import Callable
+from typing import BinaryIO
+
+from .config import ChildCommand
+from .errors import SpawnError
+
+__all__ = ["ChildProcess", "socket_pair"]
+
+_log = logging.getLogger("containers_image_proxy")
+_child_log = logging.getLogger("containers_image_proxy.skopeo")
+
+_STDERR_TAIL = 16 * 1024
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+    except OSError:
+        return None
+    prctl: Callable[..., int] = libc.prctl
+    return prctl
+
+
+_prctl = _load_prctl()
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: only an async-signal-safe call.
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def socket_pair() -> tuple[socket.socket, socket.socket]:
+    """A SOCK_SEQPACKET pair: (ours, the child's). Both close-on-exec."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
+def _private_file(contents: bytes | BinaryIO, minimum_fd: int) -> int:
+    """Copy ``contents`` into an unnamed memory file; return its fd (>= minimum_fd)."""
+    memfd = os.memfd_create("containers-auth.json", os.MFD_CLOEXEC)
+    try:
+        if isinstance(contents, bytes):
+            os.write(memfd, contents)
+        else:
+            while chunk := contents.read(65536):
+                os.write(memfd, chunk)
+        fd = fcntl.fcntl(memfd, fcntl.F_DUPFD_CLOEXEC, minimum_fd)
+    finally:
+        os.close(memfd)
+    return fd
+
+
+class ChildProcess:
+    """A running skopeo child: its pid, exit status, stderr tail and private files."""
+
+    def __init__(self, command: ChildCommand, child_socket: socket.socket) -> None:
+        """Start ``command`` with ``child_socket`` as its standard input.
+
+        Raises :class:`SpawnError` if the command cannot be executed.
+        """
+        self._tail: collections.deque[bytes] = collections.deque()
+        self._tail_size = 0
+        self._tail_lock = threading.Lock()
+        self._exited = threading.Event()
+        self._stderr_done = threading.Event()
+        self.returncode: int | None = None
+        self._private_fds: dict[int, int] = {}
+        self._credentials = command.credentials
+        argv = list(command.argv)
+        try:
+            for wanted, contents in command.fds.items():
+                fd = _private_file(contents, wanted)
+                self._private_fds[wanted] = fd
+                if fd != wanted:
+                    argv = [
+                        a.replace(f"/proc/self/fd/{wanted}", f"/proc/self/fd/{fd}") for a in argv
+                    ]
+            self._proc = self._spawn(argv, child_socket)
+        except BaseException:
+            self.close_private_files()
+            raise
+        self.pid = self._proc.pid
+        _log.debug("spawned skopeo pid=%d: %s", self.pid, " ".join(argv))
+        self._debug = command.debug
+        threading.Thread(
+            target=self._drain_stderr, name=f"skopeo-{self.pid}-stderr", daemon=True
+        ).start()
+
+    def _spawn(self, argv: list[str], child_socket: socket.socket) -> subprocess.Popen[bytes]:
+        started = threading.Event()
+        outcome: list[subprocess.Popen[bytes] | BaseException] = []
+
+        def run() -> None:
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=child_socket.fileno(),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    pass_fds=tuple(self._private_fds.values()),
+                    preexec_fn=_die_with_parent,
+                )
+            except BaseException as exc:
+                outcome.append(exc)
+                started.set()
+                return
+            outcome.append(proc)
+            started.set()
+            self.returncode = proc.wait()
+            self._exited.set()
+
+        threading.Thread(target=run, name="skopeo-reaper", daemon=True).start()
+        started.wait()
+        result = outcome[0]
+        if isinstance(result, OSError):
+            raise SpawnError(argv[0], result) from result
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _drain_stderr(self) -> None:
+        stream = self._proc.stderr
+        assert stream is not None
+        try:
+            while chunk := os.read(stream.fileno(), 65536):
+                if self._debug:
+                    for line in chunk.decode(errors="replace").splitlines():
+                        _child_log.debug("%s", line)
+                with self._tail_lock:
+                    self._tail.append(chunk)
+                    self._tail_size += len(chunk)
+                    while self._tail_size - len(self._tail[0]) >= _STDERR_TAIL:
+                        self._tail_size -= len(self._tail.popleft())
+        finally:
+            stream.close()
+            self._stderr_done.set()
+
+    def stderr_tail(self, wait: float = 0.0) -> str:
+        """The last part of what the child wrote to stderr.
+
+        ``wait`` gives the drain thread that long to reach end-of-file first.
+        """
+        if wait:
+            self._stderr_done.wait(wait)
+        with self._tail_lock:
+            data = b"".join(self._tail)[-_STDERR_TAIL:]
+        return data.decode(errors="replace")
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait up to ``timeout`` seconds for the child to exit; its status or None."""
+        self._exited.wait(timeout)
+        return self.returncode
+
+    def has_exited(self) -> bool:
+        """Whether the child has exited (and was reaped)."""
+        return self._exited.is_set()
+
+    def stop(self, grace: float = 5.0) -> int | None:
+        """Terminate the child, then kill it if it outlives ``grace`` seconds."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if self._exited.is_set():
+                break
+            try:
+                self._proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+            self._exited.wait(grace)
+        return self.wait(grace)
+
+    def set_registry_auth(self, contents: bytes) -> None:
+        """Replace the private auth file's contents (skopeo rereads it per image)."""
+        fd = next(iter(self._private_fds.values()), None)
+        if fd is None:
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, contents, 0)
+
+    @property
+    def credentials(self) -> tuple[str, str] | None:
+        """User name and password to write into the auth file, if any."""
+        return self._credentials
+
+    def close_private_files(self) -> None:
+        """Close the parent's copies of the private files."""
+        fds, self._private_fds = self._private_fds, {}
+        for fd in fds.values():
+            os.close(fd)

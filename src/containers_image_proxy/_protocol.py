@@ -1,0 +1,327 @@
+"""The image-proxy protocol without any I/O.
+
+This module turns calls into request packets and received packets (with their file
+descriptors) into results or typed errors. It knows which protocol version brings
+which method, what each reply must carry, how blob transfers are accounted and
+verified, and what a raw blob's error pipe means. The blocking and asyncio shells
+only move bytes; every decision about the protocol is taken here.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from .errors import (
+    BlobVerificationError,
+    ImageNotFoundError,
+    ProtocolError,
+    ProxyTooOldError,
+    RequestError,
+    VerificationError,
+)
+from .oci import Digest
+
+#: Largest packet either side sends (skopeo's limit).
+MAX_MSG_SIZE = 32 * 1024
+#: Largest integer the server accepts in a request (JSON numbers are doubles in Go).
+MAX_JSON_INT = 2**53 - 1
+#: File descriptors a reply may carry at most.
+MAX_FDS = 2
+
+
+class ProtocolVersion(NamedTuple):
+    """A protocol version as returned by Initialize, comparable as a tuple."""
+
+    major: int
+    minor: int
+    patch: int
+
+    @classmethod
+    def parse(cls, text: object) -> ProtocolVersion:
+        """Parse ``"0.2.8"``; raise :class:`ProtocolError` for anything else."""
+        if isinstance(text, str):
+            match = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)(?:[-+][0-9A-Za-z.+-]*)?", text)
+            if match:
+                return cls(*(int(part) for part in match.groups()))
+        raise ProtocolError(f"Initialize returned an invalid protocol version: {text!r}")
+
+    def __str__(self) -> str:
+        return f"{self.major}.{self.minor}.{self.patch}"
+
+
+#: The oldest protocol this client accepts (GetFullConfig).
+MIN_VERSION = ProtocolVersion(0, 2, 3)
+
+#: Methods that arrived after the oldest accepted version, with the version that added them.
+METHOD_VERSIONS: dict[str, ProtocolVersion] = {
+    "OpenImageOptional": ProtocolVersion(0, 2, 4),
+    "GetLayerInfo": ProtocolVersion(0, 2, 5),
+    "GetLayerInfoPiped": ProtocolVersion(0, 2, 7),
+    "GetRawBlob": ProtocolVersion(0, 2, 8),
+}
+
+#: Number of descriptors each method's successful reply carries.
+METHOD_FDS: dict[str, int] = {
+    "GetManifest": 1,
+    "GetFullConfig": 1,
+    "GetConfig": 1,
+    "GetBlob": 1,
+    "GetLayerInfoPiped": 1,
+    "GetRawBlob": 2,
+}
+
+#: Error codes defined by protocol 0.2.8.
+ERROR_CODES = frozenset({"EPIPE", "retryable", "other"})
+
+
+def check_version(version: ProtocolVersion) -> None:
+    """Refuse a proxy older than :data:`MIN_VERSION`."""
+    if version < MIN_VERSION:
+        raise ProxyTooOldError(str(MIN_VERSION), str(version))
+
+
+def supports(method: str, version: ProtocolVersion) -> bool:
+    """Whether a proxy speaking ``version`` has ``method``."""
+    return version >= METHOD_VERSIONS.get(method, MIN_VERSION)
+
+
+def require(method: str, version: ProtocolVersion) -> None:
+    """Raise :class:`ProxyTooOldError` if ``version`` lacks ``method``."""
+    if not supports(method, version):
+        raise ProxyTooOldError(str(METHOD_VERSIONS[method]), str(version), method)
+
+
+def encode_request(method: str, args: Sequence[object] = ()) -> bytes:
+    """Encode one request packet."""
+    for arg in args:
+        if isinstance(arg, int) and not -MAX_JSON_INT <= arg <= MAX_JSON_INT:
+            raise ValueError(f"{method}: integer argument {arg} is out of the protocol's range")
+    data = json.dumps({"method": method, "args": list(args)}, separators=(",", ":")).encode()
+    if len(data) > MAX_MSG_SIZE:
+        raise ValueError(
+            f"{method}: request of {len(data)} bytes exceeds the {MAX_MSG_SIZE}-byte packet limit"
+        )
+    return data
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reply:
+    """A successful reply: its value, pipe id and the descriptors it carried.
+
+    The receiver owns ``fds`` and must close them.
+    """
+
+    value: Any
+    pipeid: int
+    fds: tuple[int, ...]
+
+
+def close_fds(fds: Sequence[int]) -> None:
+    """Close every descriptor in ``fds``, ignoring ones already gone."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+_NOT_FOUND = re.compile(
+    r"manifest unknown|name unknown|blob unknown|unknown blob|not found|no such file"
+    r"|does not exist|no such image|reference does not exist",
+    re.IGNORECASE,
+)
+_BROKEN_PIPE = re.compile(r"broken pipe|EPIPE", re.IGNORECASE)
+_VERIFICATION = re.compile(r"corrupted blob|expected \d+ bytes in blob|digest mismatch", re.I)
+
+
+def request_error(method: str, message: str, code: str | None) -> RequestError:
+    """Build the most specific error for a failure the proxy reported."""
+    if _VERIFICATION.search(message):
+        return BlobVerificationError(method, message, code)
+    if _NOT_FOUND.search(message) and code != "retryable":
+        return ImageNotFoundError(method, message, code)
+    return RequestError(method, message, code)
+
+
+def is_broken_pipe(error: RequestError) -> bool:
+    """Whether ``error`` reports that the client closed a pipe before its end."""
+    return error.code == "EPIPE" or (
+        error.code is None and bool(_BROKEN_PIPE.search(error.message))
+    )
+
+
+def decode_reply(method: str, data: bytes, fds: Sequence[int], truncated: bool = False) -> Reply:
+    """Validate one reply packet to ``method`` and the descriptors that came with it.
+
+    On any error every descriptor in ``fds`` is closed before raising, so nothing
+    leaks; on success their ownership passes to the returned :class:`Reply`.
+    """
+    try:
+        return _decode_reply(method, data, fds, truncated)
+    except BaseException:
+        close_fds(fds)
+        raise
+
+
+def _decode_reply(method: str, data: bytes, fds: Sequence[int], truncated: bool) -> Reply:
+    if truncated or len(data) > MAX_MSG_SIZE:
+        raise ProtocolError(f"reply to {method} exceeds the {MAX_MSG_SIZE}-byte packet limit")
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"reply to {method} is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"reply to {method} is not a JSON object: {data[:80]!r}")
+    success = obj.get("success")
+    if not isinstance(success, bool):
+        raise ProtocolError(f"reply to {method} has no boolean 'success' field")
+    error = obj.get("error", "")
+    if not isinstance(error, str):
+        raise ProtocolError(f"reply to {method} has a non-string 'error' field")
+    code = obj.get("error_code")
+    if code is not None and not isinstance(code, str):
+        raise ProtocolError(f"reply to {method} has a non-string 'error_code' field")
+    pipeid = obj.get("pipeid", 0)
+    if isinstance(pipeid, bool) or not isinstance(pipeid, int) or not 0 <= pipeid < 2**32:
+        raise ProtocolError(f"reply to {method} has an invalid pipeid: {pipeid!r}")
+    if not success:
+        if code and code not in ERROR_CODES:
+            raise ProtocolError(f"reply to {method} has an unknown error_code {code!r}: {error}")
+        if fds:
+            raise ProtocolError(f"failed reply to {method} carried {len(fds)} descriptor(s)")
+        raise request_error(method, error or "unspecified error", code or None)
+    expected = METHOD_FDS.get(method, 0)
+    if len(fds) != expected:
+        raise ProtocolError(
+            f"reply to {method} carried {len(fds)} descriptor(s), expected {expected}"
+        )
+    if expected == 1 and pipeid == 0:
+        raise ProtocolError(f"reply to {method} carried a descriptor but no pipeid")
+    if expected != 1 and pipeid != 0:
+        raise ProtocolError(f"reply to {method} has pipeid {pipeid} but no pipe descriptor")
+    return Reply(obj.get("value"), pipeid, tuple(fds))
+
+
+def _expect_int(method: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ProtocolError(f"reply to {method} has an invalid value: {value!r}")
+    return value
+
+
+def image_handle(method: str, value: object, *, optional: bool = False) -> int:
+    """The image handle in a reply to OpenImage (or 0 for a missing optional image)."""
+    return _expect_int(method, value, 0 if optional else 1)
+
+
+def blob_size(method: str, value: object) -> int:
+    """The blob size in a reply to GetBlob or GetRawBlob; -1 means unknown."""
+    return _expect_int(method, value, -1)
+
+
+def manifest_digest(value: object) -> Digest:
+    """The digest of the original manifest in a reply to GetManifest."""
+    if not isinstance(value, str):
+        raise ProtocolError(f"reply to GetManifest has an invalid digest: {value!r}")
+    try:
+        return Digest(value)
+    except ValueError as exc:
+        raise ProtocolError(f"reply to GetManifest has an invalid digest: {exc}") from None
+
+
+def check_size_argument(size: object) -> int:
+    """Validate a blob size given by the caller."""
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"blob size must be an int, got {type(size).__name__}")
+    if not 0 <= size <= MAX_JSON_INT:
+        raise ValueError(f"blob size {size} is out of range (0 to {MAX_JSON_INT})")
+    return size
+
+
+def raw_blob_error(data: bytes) -> RequestError | None:
+    """Decode what a GetRawBlob worker wrote to its error pipe; empty means success."""
+    if not data:
+        return None
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ProtocolError(f"GetRawBlob error pipe carried invalid JSON: {data[:200]!r}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"GetRawBlob error pipe carried a non-object: {data[:200]!r}")
+    code, message = obj.get("code"), obj.get("message")
+    if code not in ERROR_CODES or not isinstance(message, str):
+        raise ProtocolError(f"GetRawBlob error pipe carried an invalid error: {data[:200]!r}")
+    return request_error("GetRawBlob", message, code)
+
+
+class Transfer:
+    """Accounting of one blob transfer: how much is due, what arrived, whether it is whole.
+
+    ``expected`` is the promised size or ``None`` when the proxy did not know it.
+    With ``verify`` the digest is computed while the data streams (GetRawBlob, where
+    the proxy checks nothing); for GetBlob the proxy checks size and digest itself.
+    """
+
+    __slots__ = ("_hasher", "digest", "expected", "received")
+
+    def __init__(self, digest: Digest, expected: int | None, *, verify: bool) -> None:
+        self.digest = digest
+        self.expected = expected
+        self.received = 0
+        self._hasher: Any = digest.hasher() if verify else None
+
+    def remaining(self) -> int | None:
+        """Bytes still due, or ``None`` when the size is unknown."""
+        return None if self.expected is None else self.expected - self.received
+
+    def update(self, chunk: bytes | memoryview) -> None:
+        """Account for ``chunk``, which just arrived."""
+        self.received += len(chunk)
+        if self._hasher is not None:
+            self._hasher.update(chunk)
+
+    def check_complete(self, extra: int = 0) -> None:
+        """Raise :class:`VerificationError` unless exactly the promised data arrived."""
+        if extra:
+            raise VerificationError(
+                f"blob {self.digest}: the proxy sent {extra} byte(s) more than the "
+                f"{self.expected} promised"
+            )
+        if self.expected is not None and self.received != self.expected:
+            raise VerificationError(
+                f"blob {self.digest}: stream ended after {self.received} of {self.expected} bytes"
+            )
+        if self._hasher is not None:
+            actual = f"{self.digest.algorithm}:{self._hasher.hexdigest()}"
+            if actual != self.digest:
+                raise VerificationError(
+                    f"blob {self.digest}: digest mismatch, the data hashes to {actual}"
+                )
+
+
+def registry_host(reference: str) -> str | None:
+    """The registry host of a ``docker://`` reference, as auth files key it."""
+    if not reference.startswith("docker://"):
+        return None
+    name = reference[len("docker://") :]
+    first, sep, _ = name.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
+def auth_file_contents(host: str, username: str, password: str) -> bytes:
+    """A containers-auth.json document with credentials for ``host``."""
+    token = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return json.dumps({"auths": {host: {"auth": token}}}).encode()
+
+
+def sha256_digest(data: bytes) -> Digest:
+    """The sha256 digest of ``data``."""
+    return Digest("sha256:" + hashlib.sha256(data).hexdigest())

@@ -1,0 +1,761 @@
+# Generated from _async/proxy.py by tools/gen_sync.py: edit the source, not this file.
+"""ImageProxy: the blocking client of skopeo's image proxy.
+
+This file is the single source of the client's I/O logic: ``_sync/proxy.py`` is
+generated from it by ``tools/gen_sync.py`` (``await`` removed, ``Async`` names
+replaced) and a test fails when the two drift apart. Protocol decisions live in
+``_protocol``; this module only sends, receives, reads pipes and waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import weakref
+from collections.abc import Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from .. import _protocol as proto
+from .._backends import SyncBackend as Backend
+from .._backends import SyncStreamBase as StreamBase
+from .._backends import prepare_pipe
+from .._image import OpenedImage
+from .._process import ChildProcess, socket_pair
+from ..config import ImageProxyConfig, build_command
+from ..errors import (
+    ClosedError,
+    ImageProxyError,
+    ProxyExitedError,
+    ProxyFailedError,
+    RequestError,
+    StallTimeoutError,
+    VerificationError,
+)
+from ..oci import (
+    ConvertedLayerInfo,
+    Descriptor,
+    Digest,
+    ImageConfiguration,
+    ImageManifest,
+    convert_layer_info,
+    decode_config,
+    decode_layer_info,
+    decode_manifest,
+    parse_digest,
+)
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+__all__ = ["Blob", "ImageProxy", "RawBlob"]
+
+_log = logging.getLogger("containers_image_proxy")
+
+_CHUNK = 256 * 1024
+_EXIT_WAIT = 5.0
+_SHUTDOWN_WAIT = 10.0
+
+
+def _read_into(fd: int, view: memoryview, timeout: float | None, what: str) -> int:
+    while True:
+        try:
+            return os.readv(fd, [view])
+        except BlockingIOError:
+            pass
+        if not Backend.wait_readable(fd, timeout):
+            raise StallTimeoutError(f"{what}: no data arrived for {timeout} seconds")
+
+
+def _read_chunk(fd: int, size: int, timeout: float | None, what: str) -> bytes:
+    while True:
+        try:
+            return os.read(fd, size)
+        except BlockingIOError:
+            pass
+        if not Backend.wait_readable(fd, timeout):
+            raise StallTimeoutError(f"{what}: no data arrived for {timeout} seconds")
+
+
+def _read_to_end(fd: int, timeout: float | None, what: str) -> bytes:
+    chunks = []
+    while chunk := _read_chunk(fd, 1 << 20, timeout, what):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _drain(fd: int, timeout: float | None, what: str) -> int:
+    """Read ``fd`` to its end, discarding the data; how many bytes there were."""
+    extra = 0
+    while chunk := _read_chunk(fd, 1 << 20, timeout, what):
+        extra += len(chunk)
+    return extra
+
+
+class _SyncChannel:
+    """The socket to the proxy: one request and its reply at a time, in order."""
+
+    def __init__(self, sock: socket.socket, child: ChildProcess, stall: float | None) -> None:
+        self.sock = sock
+        self.child = child
+        self.stall = stall
+        self.lock = Backend.Lock()
+        self.failure: ImageProxyError | None = None
+
+    def check(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def break_with(self, failure: ImageProxyError) -> ImageProxyError:
+        if self.failure is None:
+            self.failure = failure
+        return failure
+
+    def died(self, method: str) -> ImageProxyError:
+        returncode = Backend.run_blocking(self.child.wait, _EXIT_WAIT)
+        tail = Backend.run_blocking(self.child.stderr_tail, 1.0)
+        return self.break_with(ProxyExitedError(method, returncode, tail))
+
+    def send(self, method: str, args: Sequence[object] = ()) -> None:
+        self.check()
+        data = proto.encode_request(method, args)
+        try:
+            Backend.send(self.sock, data)
+        except OSError:
+            raise self.died(method) from None
+
+    def receive(self, method: str, timeout: float | None = None) -> proto.Reply:
+        self.check()
+        try:
+            packet = Backend.recv(self.sock, timeout)
+        except OSError:
+            raise self.died(method) from None
+        if packet is None:
+            raise self.break_with(
+                StallTimeoutError(f"no reply to {method} within {timeout} seconds")
+            )
+        data, fds, truncated = packet
+        if not data and not fds:
+            raise self.died(method)
+        return proto.decode_reply(method, data, fds, truncated)
+
+    def call(self, method: str, args: Sequence[object] = ()) -> proto.Reply:
+        with self.lock:
+            self.send(method, args)
+            return self.receive(method)
+
+    def finish_reply(self, method: str) -> RequestError | None:
+        """Receive FinishPipe's reply; the transfer's error (named after ``method``) or None."""
+        try:
+            self.receive("FinishPipe", self.stall)
+        except RequestError as exc:
+            return proto.request_error(method, exc.message, exc.code)
+        return None
+
+    def read_piped(self, method: str, reply: proto.Reply) -> bytes:
+        """Rule 3: send FinishPipe, read the pipe to its end, then take the reply.
+
+        The caller holds the lock.
+        """
+        (fd,) = reply.fds
+        try:
+            prepare_pipe(fd)
+            self.send("FinishPipe", [reply.pipeid])
+            try:
+                data = _read_to_end(fd, self.stall, method)
+                error = self.finish_reply(method)
+            except StallTimeoutError as exc:
+                raise self.break_with(exc) from None
+        finally:
+            os.close(fd)
+        if error is not None:
+            raise error
+        return data
+
+
+class BlobStream(StreamBase):
+    """Common reading API of :class:`Blob` and :class:`RawBlob`."""
+
+    _transfer: proto.Transfer
+
+    @property
+    def digest(self) -> Digest:
+        """The digest the blob is expected to have."""
+        return self._transfer.digest
+
+    @property
+    def size(self) -> int | None:
+        """The size of the blob in bytes, or ``None`` when the source did not say."""
+        return self._transfer.expected
+
+    @property
+    def bytes_read(self) -> int:
+        """How many bytes were read so far."""
+        return self._transfer.received
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        """Read into ``buffer``; 0 at the end. Raises the transfer's errors at the end."""
+        raise NotImplementedError
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Read up to ``size`` bytes (all that is left when negative); b"" at the end."""
+        if size is None or size < 0:
+            return self.readall()
+        buffer = bytearray(size)
+        count = self.readinto(buffer)
+        del buffer[count:]
+        return bytes(buffer)
+
+    def readall(self) -> bytes:
+        """Read everything that is left."""
+        remaining = self._transfer.remaining()
+        if remaining is not None and remaining > 0:
+            buffer = bytearray(remaining)
+            view = memoryview(buffer)
+            filled = 0
+            while filled < remaining:
+                count = self.readinto(view[filled:])
+                if count == 0:
+                    break
+                filled += count
+            view.release()
+            del buffer[filled:]
+            if self.readinto(bytearray(1)) == 0:
+                return bytes(buffer)
+            chunks = [bytes(buffer)]
+        else:
+            chunks = []
+        while chunk := self.read(_CHUNK):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> bytes:
+        chunk = self.read(_CHUNK)
+        if not chunk:
+            raise StopIteration
+        return chunk
+
+    def close(self) -> None:
+        """Close the stream, before or after its end; raises nothing for an early close."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Blob(BlobStream):
+    """A blob streaming from GetBlob; the proxy verifies its size and digest.
+
+    Read it to the end (the read that reaches the end raises any transfer or
+    verification error) or close it early. Several blobs may stream at once.
+    """
+
+    def __init__(
+        self,
+        channel: _SyncChannel,
+        fd: int,
+        pipeid: int,
+        transfer: proto.Transfer,
+        known_size: bool,
+    ) -> None:
+        self._channel = channel
+        self._fd: int | None = fd
+        self._pipeid = pipeid
+        self._transfer = transfer
+        self._known = known_size
+        self._finished = False
+        self._holding = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether the stream was closed or read to its end."""
+        return self._fd is None
+
+    def __del__(self) -> None:
+        fd, self._fd = getattr(self, "_fd", None), None
+        if fd is not None:
+            os.close(fd)
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        """Read into ``buffer``; 0 at the end. Raises the transfer's errors at the end."""
+        fd = self._fd
+        if fd is None:
+            if self._finished:
+                return 0
+            raise ClosedError(f"blob {self.digest} is closed")
+        with memoryview(buffer) as outer, outer.cast("B") as view:
+            if not self._known:
+                return self._read_unknown(fd, view)
+            remaining = self._transfer.remaining()
+            assert remaining is not None
+            if remaining <= 0:
+                self._finish()
+                return 0
+            count = _read_into(fd, view[:remaining], self._channel.stall, f"blob {self.digest}")
+            if count == 0:
+                self._finish()
+                return 0
+            self._transfer.update(view[:count])
+            if count == remaining:
+                self._finish()
+            return count
+
+    def _read_unknown(self, fd: int, view: memoryview) -> int:
+        # Rule 3 for a blob of unknown size: FinishPipe goes out first and its reply
+        # comes after the end of the data, so the proxy is held until then.
+        if not self._holding:
+            self._channel.lock.acquire()
+            self._holding = True
+            try:
+                self._channel.send("FinishPipe", [self._pipeid])
+            except BaseException:
+                self._release()
+                raise
+        count = _read_into(fd, view, self._channel.stall, f"blob {self.digest}")
+        if count:
+            self._transfer.update(view[:count])
+            return count
+        self._finish()
+        return 0
+
+    def _release(self) -> None:
+        if self._holding:
+            self._holding = False
+            self._channel.lock.release()
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        what = f"blob {self.digest}"
+        channel = self._channel
+        try:
+            if not self._holding:
+                channel.lock.acquire()
+                self._holding = True
+                channel.send("FinishPipe", [self._pipeid])
+            assert self._fd is not None
+            try:
+                extra = _drain(self._fd, channel.stall, what)
+                error = channel.finish_reply("GetBlob")
+            except StallTimeoutError as exc:
+                raise channel.break_with(exc) from None
+        finally:
+            self._release()
+            self._close_fd()
+        if error is not None:
+            raise error
+        if self._known:
+            self._transfer.check_complete(extra)
+        elif self._transfer.received != self._transfer.expected:
+            self._transfer.check_complete()
+
+    def close(self) -> None:
+        """Close the stream, before or after its end; raises nothing for an early close."""
+        if self._finished:
+            self._close_fd()
+            return
+        self._finished = True
+        # Closing our end first makes the worker's next write fail at once (EPIPE).
+        self._close_fd()
+        channel = self._channel
+        try:
+            if not self._holding:
+                channel.lock.acquire()
+                self._holding = True
+                channel.send("FinishPipe", [self._pipeid])
+            error = channel.finish_reply("GetBlob")
+        except ClosedError:
+            return
+        except ImageProxyError as exc:
+            _log.debug("closing blob %s early: %s", self.digest, exc)
+            return
+        finally:
+            self._release()
+        if error is not None and not proto.is_broken_pipe(error):
+            _log.debug("blob %s closed early; the proxy reported: %s", self.digest, error)
+
+
+class RawBlob(BlobStream):
+    """A blob streaming from GetRawBlob (protocol 0.2.8): verified here, not by the proxy.
+
+    Digest and size are checked while the data streams unless ``verify=False`` was
+    given; the proxy's own error (with its code, see ``RequestError.retryable``)
+    arrives through a second pipe and is raised by the read that reaches the end.
+    """
+
+    def __init__(self, fds: tuple[int, int], transfer: proto.Transfer, stall: float | None) -> None:
+        self._fds: tuple[int, int] | None = fds
+        self._transfer = transfer
+        self._stall = stall
+        self._done = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether the stream was closed or read to its end."""
+        return self._fds is None
+
+    def __del__(self) -> None:
+        self._close_fds()
+
+    def _close_fds(self) -> None:
+        fds, self._fds = getattr(self, "_fds", None), None
+        if fds is not None:
+            proto.close_fds(fds)
+
+    def readinto(self, buffer: WriteableBuffer, /) -> int:
+        """Read into ``buffer``; 0 at the end. Raises the transfer's errors at the end."""
+        if self._fds is None:
+            if self._done:
+                return 0
+            raise ClosedError(f"blob {self.digest} is closed")
+        remaining = self._transfer.remaining()
+        if remaining is not None and remaining <= 0:
+            self._complete()
+            return 0
+        with memoryview(buffer) as outer, outer.cast("B") as view:
+            if remaining is not None:
+                view = view[:remaining]
+            count = _read_into(self._fds[0], view, self._stall, f"blob {self.digest}")
+            if count == 0:
+                self._complete()
+                return 0
+            self._transfer.update(view[:count])
+        if count == remaining:
+            self._complete()
+        return count
+
+    def _complete(self) -> None:
+        self._done = True
+        assert self._fds is not None
+        data_fd, error_fd = self._fds
+        what = f"blob {self.digest}"
+        try:
+            extra = _drain(data_fd, self._stall, what)
+            error = proto.raw_blob_error(_read_to_end(error_fd, self._stall, what))
+        finally:
+            self._close_fds()
+        if error is not None:
+            raise error
+        self._transfer.check_complete(extra)
+
+    def close(self) -> None:
+        """Close the stream, before or after its end; raises nothing for an early close."""
+        self._done = True
+        self._close_fds()
+
+
+class ImageProxy:
+    """A skopeo image proxy child process and the connection to it.
+
+    ``with ImageProxy(config) as proxy:`` starts skopeo, checks its
+    protocol version and shuts it down at the end. One proxy may serve many threads
+    at once; requests are answered in order while blobs stream in parallel.
+    """
+
+    def __init__(self, config: ImageProxyConfig | None = None) -> None:
+        self.config = config or ImageProxyConfig()
+        self._command = build_command(self.config)
+        self._channel: _SyncChannel | None = None
+        self._child: ChildProcess | None = None
+        self._version = proto.ProtocolVersion(0, 0, 0)
+        self._closed = False
+        self._images: weakref.WeakSet[OpenedImage] = weakref.WeakSet()
+
+    @property
+    def protocol_version(self) -> str:
+        """The protocol version the proxy answered to Initialize, e.g. ``"0.2.8"``."""
+        self._live()
+        return str(self._version)
+
+    @property
+    def pid(self) -> int:
+        """The process id of the skopeo child."""
+        self._live()
+        assert self._child is not None
+        return self._child.pid
+
+    def supports(self, method: str) -> bool:
+        """Whether the running proxy has protocol ``method`` (e.g. ``"GetRawBlob"``)."""
+        self._live()
+        return proto.supports(method, self._version)
+
+    def _spawn(self) -> tuple[socket.socket, ChildProcess]:
+        ours, theirs = socket_pair()
+        try:
+            with theirs:
+                child = ChildProcess(self._command, theirs)
+        except BaseException:
+            ours.close()
+            raise
+        Backend.prepare_socket(ours)
+        return ours, child
+
+    def open(self) -> ImageProxy:
+        """Start skopeo and initialize the protocol; returns the proxy itself."""
+        if self._closed:
+            raise ClosedError("this proxy was closed; create a new one")
+        if self._channel is not None:
+            return self
+        sock, child = Backend.run_blocking(self._spawn)
+        channel = _SyncChannel(sock, child, self.config.stall_timeout)
+        try:
+            reply = channel.call("Initialize")
+            version = proto.ProtocolVersion.parse(reply.value)
+            proto.check_version(version)
+        except BaseException:
+            Backend.run_blocking(child.stop, 1.0)
+            sock.close()
+            child.close_private_files()
+            raise
+        _log.debug("skopeo pid=%d speaks protocol %s", child.pid, version)
+        self._version = version
+        self._channel = channel
+        self._child = child
+        return self
+
+    def __enter__(self) -> ImageProxy:
+        return self.open()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.finalize()
+            return
+        try:
+            self.finalize()
+        except ImageProxyError as error:
+            _log.debug("closing the proxy after an error: %s", error)
+
+    def _live(self) -> _SyncChannel:
+        if self._channel is None:
+            if self._closed:
+                raise ClosedError("the proxy is closed")
+            raise ClosedError("the proxy is not open: use it as a context manager or call open()")
+        return self._channel
+
+    def _handle(self, image: OpenedImage) -> int:
+        if not isinstance(image, OpenedImage):
+            raise TypeError(f"expected an OpenedImage, got {type(image).__name__}")
+        self._live()
+        if image._proxy is not self:
+            raise ClosedError(f"{image!r} belongs to another proxy")
+        if image._closed:
+            raise ClosedError(f"image {image.reference!r} was closed")
+        return image._handle
+
+    def _open(self, method: str, reference: str) -> OpenedImage | None:
+        if not isinstance(reference, str):
+            raise TypeError(f"image reference must be a str, got {type(reference).__name__}")
+        if not reference:
+            raise ValueError("image reference is empty")
+        channel = self._live()
+        proto.require(method, self._version)
+        child = self._child
+        assert child is not None
+        with channel.lock:
+            credentials = child.credentials
+            host = proto.registry_host(reference)
+            if credentials is not None and host is not None:
+                child.set_registry_auth(proto.auth_file_contents(host, *credentials))
+            channel.send(method, [reference])
+            reply = channel.receive(method)
+        handle = proto.image_handle(method, reply.value, optional=method == "OpenImageOptional")
+        if handle == 0:
+            return None
+        image = OpenedImage(self, handle, reference)
+        self._images.add(image)
+        return image
+
+    def open_image(self, reference: str) -> OpenedImage:
+        """Open an image, e.g. ``"docker://quay.io/fedora/fedora:latest"`` or ``"oci:DIR:TAG"``."""
+        image = self._open("OpenImage", reference)
+        assert image is not None
+        return image
+
+    def open_image_optional(self, reference: str) -> OpenedImage | None:
+        """Open an image, or return None if it does not exist (protocol 0.2.4+)."""
+        return self._open("OpenImageOptional", reference)
+
+    def close_image(self, image: OpenedImage) -> None:
+        """Close an image; closing it twice is harmless."""
+        if isinstance(image, OpenedImage) and image._closed and image._proxy is self:
+            return
+        handle = self._handle(image)
+        image._closed = True
+        self._images.discard(image)
+        self._live().call("CloseImage", [handle])
+
+    def _fetch_piped(self, method: str, image: OpenedImage) -> tuple[Any, bytes]:
+        handle = self._handle(image)
+        proto.require(method, self._version)
+        channel = self._live()
+        with channel.lock:
+            channel.send(method, [handle])
+            reply = channel.receive(method)
+            return reply.value, channel.read_piped(method, reply)
+
+    def fetch_manifest_raw_oci(self, image: OpenedImage) -> tuple[Digest, bytes]:
+        """The manifest converted to OCI, and the digest of the original manifest."""
+        value, data = self._fetch_piped("GetManifest", image)
+        return proto.manifest_digest(value), data
+
+    def fetch_manifest(self, image: OpenedImage) -> tuple[Digest, ImageManifest]:
+        """The manifest, decoded, and the digest of the original manifest."""
+        digest, data = self.fetch_manifest_raw_oci(image)
+        return digest, decode_manifest(data)
+
+    def fetch_config_raw(self, image: OpenedImage) -> bytes:
+        """The full image configuration as OCI JSON bytes."""
+        return (self._fetch_piped("GetFullConfig", image))[1]
+
+    def fetch_config(self, image: OpenedImage) -> ImageConfiguration:
+        """The full image configuration, decoded."""
+        return decode_config(self.fetch_config_raw(image))
+
+    def get_blob(self, image: OpenedImage, digest: Digest | str, size: int) -> Blob:
+        """Stream a blob; the proxy checks that it has ``size`` bytes and ``digest``.
+
+        A ``size`` that differs from the source's raises :class:`VerificationError`.
+        """
+        handle = self._handle(image)
+        digest = parse_digest(digest)
+        size = proto.check_size_argument(size)
+        channel = self._live()
+        reply = channel.call("GetBlob", [handle, str(digest), size])
+        (fd,) = reply.fds
+        try:
+            prepare_pipe(fd)
+            actual = proto.blob_size("GetBlob", reply.value)
+        except BaseException:
+            os.close(fd)
+            raise
+        blob = Blob(
+            channel,
+            fd,
+            reply.pipeid,
+            proto.Transfer(digest, size, verify=False),
+            known_size=actual != -1,
+        )
+        if actual not in (-1, size):
+            blob.close()
+            raise VerificationError(
+                f"blob {digest}: asked for {size} bytes, the source has {actual}"
+            )
+        return blob
+
+    def get_descriptor(self, image: OpenedImage, descriptor: Descriptor) -> Blob:
+        """Stream the blob a descriptor names; see :meth:`get_blob`."""
+        return self.get_blob(image, descriptor.digest, descriptor.size)
+
+    def get_raw_blob(
+        self,
+        image: OpenedImage,
+        digest: Digest | str,
+        *,
+        size: int | None = None,
+        verify: bool = True,
+    ) -> RawBlob:
+        """Stream a blob without the proxy's checks (protocol 0.2.8+).
+
+        Digest and size are verified here while the data streams, unless ``verify``
+        is false. ``size``, when given, must match what the source reports.
+        """
+        handle = self._handle(image)
+        digest = parse_digest(digest)
+        if size is not None:
+            size = proto.check_size_argument(size)
+        proto.require("GetRawBlob", self._version)
+        reply = self._live().call("GetRawBlob", [handle, str(digest)])
+        data_fd, error_fd = reply.fds
+        try:
+            prepare_pipe(data_fd)
+            prepare_pipe(error_fd)
+            actual = proto.blob_size("GetRawBlob", reply.value)
+            if size is not None and actual not in (-1, size):
+                raise VerificationError(
+                    f"blob {digest}: asked for {size} bytes, the source has {actual}"
+                )
+        except BaseException:
+            proto.close_fds(reply.fds)
+            raise
+        expected = actual if actual != -1 else size
+        transfer = proto.Transfer(digest, expected if verify else None, verify=verify)
+        return RawBlob((data_fd, error_fd), transfer, self.config.stall_timeout)
+
+    def get_layer_info(self, image: OpenedImage) -> list[ConvertedLayerInfo] | None:
+        """Layer digests, sizes and media types as the proxy would deliver them.
+
+        Piped on protocol 0.2.7+, inline on 0.2.5 and 0.2.6; None on older proxies.
+        """
+        if proto.supports("GetLayerInfoPiped", self._version):
+            return decode_layer_info((self._fetch_piped("GetLayerInfoPiped", image))[1])
+        if not proto.supports("GetLayerInfo", self._version):
+            self._handle(image)
+            return None
+        reply = self._live().call("GetLayerInfo", [self._handle(image)])
+        return convert_layer_info(reply.value)
+
+    def finalize(self) -> None:
+        """Shut the proxy down and wait for skopeo to exit; raise if it failed.
+
+        Calling it again, or on a proxy that never opened, does nothing.
+        """
+        channel, self._channel = self._channel, None
+        self._closed = True
+        for image in list(self._images):
+            image._closed = True
+        if channel is None:
+            return
+        channel.break_with(ClosedError("the proxy is closed"))
+        child = channel.child
+        try:
+            try:
+                Backend.send(channel.sock, proto.encode_request("Shutdown"))
+            except OSError:
+                pass
+            returncode = Backend.run_blocking(child.wait, _SHUTDOWN_WAIT)
+            if returncode is None:
+                returncode = Backend.run_blocking(child.stop, 1.0)
+        finally:
+            channel.sock.close()
+            child.close_private_files()
+        if returncode != 0:
+            raise ProxyFailedError(returncode, Backend.run_blocking(child.stderr_tail, 1.0))
+        _log.debug("skopeo pid=%d exited", child.pid)
+
+    def close(self) -> None:
+        """Same as :meth:`finalize`."""
+        self.finalize()
+
+    def __del__(self) -> None:
+        channel = getattr(self, "_channel", None)
+        if channel is not None:
+            # Without its socket the proxy exits on its own; the reaper thread waits for it.
+            channel.sock.close()
+
+    def __repr__(self) -> str:
+        if self._channel is None:
+            return f"<{type(self).__name__} {'closed' if self._closed else 'not open'}>"
+        return f"<{type(self).__name__} pid={self.pid} protocol={self._version}>"

@@ -1,0 +1,135 @@
+"""The exception family of containers_image_proxy.
+
+Every exception raised by this package derives from :class:`ImageProxyError`, so a
+single ``except ImageProxyError`` catches them all. Subclasses tell what went wrong
+and carry what a caller needs to react: the method that failed, the proxy's own
+message and error code, the exit status of a dead proxy, the versions involved.
+``retryable`` says whether trying the same operation again may succeed.
+"""
+
+from __future__ import annotations
+
+
+class ImageProxyError(Exception):
+    """Base class of every error raised by containers_image_proxy."""
+
+    retryable: bool = False
+
+
+class ConfigurationError(ImageProxyError, ValueError):
+    """The configuration is invalid, e.g. two options that exclude each other."""
+
+
+class SpawnError(ImageProxyError, OSError):
+    """The skopeo command could not be started."""
+
+    def __init__(self, command: str, error: OSError) -> None:
+        super().__init__(error.errno, f"cannot start {command!r}: {error.strerror or error}")
+        self.command = command
+        self.error = error
+
+    def __str__(self) -> str:
+        return str(self.args[1])
+
+
+class ProtocolError(ImageProxyError):
+    """The proxy sent something that breaks the protocol (bad JSON, wrong types, fds)."""
+
+
+class InvalidDigestError(ImageProxyError, ValueError):
+    """A digest string is malformed or uses an unsupported algorithm."""
+
+
+class InvalidDocumentError(ImageProxyError, ValueError):
+    """A JSON document (manifest, index, configuration, layer info) failed validation."""
+
+
+class ProxyTooOldError(ImageProxyError):
+    """The proxy speaks a protocol version older than what was asked for."""
+
+    def __init__(self, required: str, found: str, method: str | None = None) -> None:
+        what = f"method {method} needs" if method else "this client needs"
+        super().__init__(f"proxy too old: {what} protocol {required}, the proxy speaks {found}")
+        self.required = required
+        self.found = found
+        self.method = method
+
+
+class RequestError(ImageProxyError):
+    """The proxy refused or failed a request.
+
+    ``method`` is the protocol method, ``message`` the proxy's own error text and
+    ``code`` the proxy's error code (``"EPIPE"``, ``"retryable"``, ``"other"``) when it
+    sent one (protocol 0.2.8 and later), else ``None``.
+    """
+
+    def __init__(self, method: str, message: str, code: str | None = None) -> None:
+        super().__init__(f"{method} failed: {message}")
+        self.method = method
+        self.message = message
+        self.code = code
+
+    @property
+    def retryable(self) -> bool:  # type: ignore[override]
+        """Whether the proxy said that the failure is transient."""
+        return self.code == "retryable"
+
+
+class ImageNotFoundError(RequestError):
+    """The image, tag or blob asked for does not exist in the source."""
+
+
+class VerificationError(ImageProxyError):
+    """Data did not match what it was promised to be (digest or size)."""
+
+
+class BlobVerificationError(RequestError, VerificationError):
+    """The proxy found that a blob did not match its digest or size."""
+
+
+class ProxyExitedError(ImageProxyError):
+    """The skopeo child process exited while it was still needed.
+
+    ``returncode`` is its exit status (negative for a signal) or ``None`` when it was
+    not known in time; ``stderr`` is the tail of what it wrote to standard error.
+    """
+
+    def __init__(self, method: str | None, returncode: int | None, stderr: str) -> None:
+        during = f" during {method}" if method else ""
+        status = _describe_status(returncode)
+        text = f"skopeo proxy exited unexpectedly{during} ({status})"
+        tail = stderr.strip()
+        if tail:
+            text += f": {tail}"
+        super().__init__(text)
+        self.method = method
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+class ProxyFailedError(ProxyExitedError):
+    """The proxy exited with a failure status after it was asked to shut down."""
+
+    def __init__(self, returncode: int | None, stderr: str) -> None:
+        super().__init__(None, returncode, stderr)
+        status = _describe_status(returncode)
+        tail = stderr.strip()
+        self.args = (f"skopeo proxy failed ({status})" + (f": {tail}" if tail else ""),)
+
+
+class StallTimeoutError(ImageProxyError, TimeoutError):
+    """A pipe delivered no data for longer than the configured stall timeout."""
+
+    retryable = True
+
+
+class ClosedError(ImageProxyError, ValueError):
+    """An object was used after it was closed, or with a proxy it does not belong to."""
+
+
+def _describe_status(returncode: int | None) -> str:
+    if returncode is None:
+        return "exit status unknown"
+    if returncode < 0:
+        return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"

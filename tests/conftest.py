@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+# ============================================================================
+# BEGIN test images fixtures (see tests/images.py)
+# ============================================================================
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from images import (
+    BuiltImage,
+    Layer,
+    MultiPlatformImage,
+    build_dir,
+    build_docker_archive,
+    build_oci_archive,
+    build_oci_index,
+    build_oci_layout,
+    corrupt_blob,
+    random_bytes,
+)
+
+IMAGE_LABELS = {
+    "org.opencontainers.image.title": "containers-image-proxy test image",
+    "com.example.purpose": "testing",
+}
+
+
+def _require_skopeo() -> str:
+    path = shutil.which("skopeo")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("skopeo is required in CI")
+        pytest.skip("skopeo is not installed (set CI=1 to make this a failure)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def skopeo() -> str:
+    """Path to the skopeo binary; skips (or fails under CI) when missing."""
+    return _require_skopeo()
+
+
+def basic_layers() -> list[Layer]:
+    """Two layers: a gzip one and an uncompressed one, a few files each."""
+    return [
+        Layer(
+            {
+                "etc/os-release": b'NAME="Test"\nID=test\n',
+                "usr/bin/hello": random_bytes(4096, seed=1),
+                "usr/share/doc/hello/README": b"hello world\n",
+            },
+            compression="gzip",
+        ),
+        Layer(
+            {
+                "etc/hello.conf": b"greeting=hi\n",
+                "var/lib/data.bin": random_bytes(20_000, seed=2),
+            },
+            compression="none",
+        ),
+    ]
+
+
+@pytest.fixture(scope="session")
+def images_root(tmp_path_factory: pytest.TempPathFactory, skopeo: str) -> Path:
+    return tmp_path_factory.mktemp("images")
+
+
+@pytest.fixture(scope="session")
+def oci_image(images_root: Path) -> BuiltImage:
+    return build_oci_layout(images_root / "oci", basic_layers(), labels=IMAGE_LABELS)
+
+
+@pytest.fixture(scope="session")
+def oci_index_image(images_root: Path) -> MultiPlatformImage:
+    amd64 = [Layer({"arch": b"amd64\n", "bin/tool": random_bytes(3000, seed=10)})]
+    arm64 = [
+        Layer({"arch": b"arm64\n", "bin/tool": random_bytes(3000, seed=11)}),
+        Layer({"etc/arm64-only": b"yes\n"}, compression="none"),
+    ]
+    return build_oci_index(
+        images_root / "oci-index",
+        [("linux", "amd64", None, amd64), ("linux", "arm64", "v8", arm64)],
+        tag="multi",
+    )
+
+
+@pytest.fixture(scope="session")
+def docker_archive_image(images_root: Path, skopeo: str) -> BuiltImage:
+    return build_docker_archive(
+        images_root / "docker-archive.tar",
+        basic_layers(),
+        tag="example.com/test:latest",
+        labels=IMAGE_LABELS,
+        skopeo=skopeo,
+    )
+
+
+@pytest.fixture(scope="session")
+def oci_archive_image(images_root: Path) -> BuiltImage:
+    return build_oci_archive(images_root / "oci-archive.tar", basic_layers(), labels=IMAGE_LABELS)
+
+
+@pytest.fixture(scope="session")
+def dir_image(images_root: Path) -> BuiltImage:
+    return build_dir(images_root / "dir", basic_layers(), labels=IMAGE_LABELS)
+
+
+@pytest.fixture(scope="session")
+def big_config_image(images_root: Path) -> BuiltImage:
+    labels = {f"com.example.label.{i:05d}": f"value-{i:05d}-" + "x" * 40 for i in range(2000)}
+    image = build_oci_layout(
+        images_root / "big-config", [Layer({"big": b"config\n"})], labels=labels
+    )
+    assert len(image.config) > 100 * 1024
+    return image
+
+
+@pytest.fixture(scope="session")
+def many_layers_image(images_root: Path) -> BuiltImage:
+    layers = [
+        Layer({f"layers/{i:03d}": f"layer {i}\n".encode()}, "gzip" if i % 2 else "none")
+        for i in range(300)
+    ]
+    return build_oci_layout(images_root / "many-layers", layers)
+
+
+@pytest.fixture
+def corrupted_image(tmp_path: Path, skopeo: str) -> BuiltImage:
+    """An OCI layout whose first layer blob no longer matches its digest."""
+    image = build_oci_layout(tmp_path / "corrupted", basic_layers(), labels=IMAGE_LABELS)
+    corrupt_blob(image, 0)
+    return image
+
+
+# ============================================================================
+# END test images fixtures
+# ============================================================================

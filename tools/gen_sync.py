@@ -1,0 +1,95 @@
+"""Generate the blocking client (_sync/) from the asyncio source (_async/).
+
+Run ``python tools/gen_sync.py`` after editing ``src/containers_image_proxy/_async``;
+``python tools/gen_sync.py --check`` fails when the generated files are stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import unasync
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "src" / "containers_image_proxy"
+HEADER = "# Generated from _async/{name} by tools/gen_sync.py: edit the source, not this file.\n"
+
+REPLACEMENTS = {
+    "AsyncBackend": "SyncBackend",
+    "AsyncStreamBase": "SyncStreamBase",
+    "_AsyncChannel": "_SyncChannel",
+    "AsyncBlobStream": "BlobStream",
+    "AsyncBlob": "Blob",
+    "AsyncRawBlob": "RawBlob",
+    "AsyncImageProxy": "ImageProxy",
+    "aclose": "close",
+}
+
+# Wording in docstrings and comments, which token replacement does not reach.
+TEXT = [
+    ("AsyncImageProxy", "ImageProxy"),
+    ("AsyncBlob", "Blob"),
+    ("AsyncRawBlob", "RawBlob"),
+    ("``async with``", "``with``"),
+    ("async with", "with"),
+    ("the asyncio client", "the blocking client"),
+    ("many tasks", "many threads"),
+]
+
+
+def generate(source: Path) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        src_dir = Path(tmp) / "_async"
+        src_dir.mkdir()
+        (src_dir / source.name).write_text(source.read_text())
+        rule = unasync.Rule("/_async/", "/_sync/", additional_replacements=REPLACEMENTS)
+        unasync.unasync_files([str(src_dir / source.name)], rules=[rule])
+        text = (Path(tmp) / "_sync" / source.name).read_text()
+    for old, new in TEXT:
+        text = text.replace(old, new)
+    text = HEADER.format(name=source.name) + text
+    formatted = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--stdin-filename", str(source), "-"],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    return formatted.stdout
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--check", action="store_true", help="fail if _sync/ is stale")
+    args = parser.parse_args()
+    stale = False
+    for source in sorted((PACKAGE / "_async").glob("*.py")):
+        target = PACKAGE / "_sync" / source.name
+        wanted = generate(source)
+        current = target.read_text() if target.exists() else ""
+        if current == wanted:
+            continue
+        if args.check:
+            stale = True
+            sys.stdout.writelines(
+                difflib.unified_diff(
+                    current.splitlines(True), wanted.splitlines(True), str(target), "generated"
+                )
+            )
+        else:
+            target.write_text(wanted)
+            print(f"wrote {target.relative_to(ROOT)}")
+    if stale:
+        print("_sync/ is stale: run python tools/gen_sync.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
