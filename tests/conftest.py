@@ -3,8 +3,12 @@ from __future__ import annotations
 # ============================================================================
 # BEGIN test images fixtures (see tests/images.py)
 # ============================================================================
+import gc
 import os
 import shutil
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -137,4 +141,73 @@ def corrupted_image(tmp_path: Path, skopeo: str) -> BuiltImage:
 
 # ============================================================================
 # END test images fixtures
+# ============================================================================
+
+
+# ============================================================================
+# BEGIN resource accounting and proxy helpers
+# ============================================================================
+
+
+def open_fds() -> dict[int, str]:
+    """This process's open descriptors and what they point to."""
+    fds = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            pass  # the descriptor of the listing itself, gone by now
+    return fds
+
+
+def child_pids() -> set[int]:
+    """Pids of this process's children, zombies included."""
+    pids: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+        except OSError:
+            pass
+    return pids
+
+
+@pytest.fixture
+def no_leaks() -> Iterator[None]:
+    """Fail the test if it leaves descriptors or child processes behind."""
+    gc.collect()
+    fds_before, children_before = open_fds(), child_pids()
+    yield
+    deadline = time.monotonic() + 10
+    while True:
+        gc.collect()
+        fds = {fd: target for fd, target in open_fds().items() if fd not in fds_before}
+        children = child_pids() - children_before
+        if not fds and not children:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"leaked descriptors {fds} and child processes {children}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def big_layers_image(images_root: Path) -> BuiltImage:
+    """Two incompressible 3 MiB uncompressed layers: each more than a pipe holds."""
+    layers = [
+        Layer({"big/a.bin": random_bytes(3 << 20, seed=11)}, compression="none"),
+        Layer({"big/b.bin": random_bytes(3 << 20, seed=12)}, compression="none"),
+    ]
+    return build_oci_layout(images_root / "big-layers", layers)
+
+
+FAKE_PROXY = Path(__file__).with_name("fakeproxy.py")
+
+
+def fake_skopeo(protocol: str, *options: str) -> list[str]:
+    """A skopeo_cmd that runs the fake proxy at ``protocol`` with extra fake options."""
+    return [sys.executable, str(FAKE_PROXY), "--protocol", protocol, *options]
+
+
+# ============================================================================
+# END resource accounting and proxy helpers
 # ============================================================================

@@ -481,7 +481,11 @@ class ActivePipe:
 def wanted_platform(opts: Options) -> tuple[str, str, str | None]:
     os_name = opts.override_os or "linux"
     machine = platform.machine()
-    arch = opts.override_arch or GO_ARCH.get(machine) or ("arm" if machine.startswith("arm") else machine)
+    arch = (
+        opts.override_arch
+        or GO_ARCH.get(machine)
+        or ("arm" if machine.startswith("arm") else machine)
+    )
     variant = opts.override_variant
     if variant is None and opts.override_arch is None and arch == "arm" and machine[4:5].isdigit():
         variant = "v" + machine[4]
@@ -533,7 +537,9 @@ def manifest_type(desc: dict[str, Any], parsed: dict[str, Any]) -> str:
 _OMIT = object()
 
 
-def _go_fields(obj: Any, fields: list[tuple[str, bool, Callable[[Any], Any] | None]]) -> Any:
+def _go_fields(
+    obj: Any, fields: list[tuple[str, bool, Callable[[Any], Any] | None]]
+) -> dict[str, Any]:
     """Rebuild a JSON object the way a Go struct would marshal it (known fields only)."""
     src = obj if isinstance(obj, dict) else {}
     out: dict[str, Any] = {}
@@ -599,7 +605,7 @@ def _go_history(value: Any) -> Any:
 
 def go_oci_config(config: Any) -> dict[str, Any]:
     """Mimic json.Marshal(imgspecv1.Image) after json.Unmarshal of ``config``."""
-    result = _go_fields(
+    return _go_fields(
         config,
         [
             ("created", True, None),
@@ -614,11 +620,6 @@ def go_oci_config(config: Any) -> dict[str, Any]:
             ("history", True, _go_history),
         ],
     )
-    if "config" in result and result["config"] == "":
-        result["config"] = {}
-    if result.get("rootfs") == "":
-        result["rootfs"] = {"type": "", "diff_ids": None}
-    return result
 
 
 # --------------------------------------------------------------------------- the server
@@ -659,9 +660,7 @@ class FakeProxy:
     def serve(self) -> NoReturn:
         while True:
             try:
-                data, ancdata, flags, _ = self.sock.recvmsg(
-                    MAX_MSG_SIZE, socket.CMSG_SPACE(16 * 4)
-                )
+                data, ancdata, flags, _ = self.sock.recvmsg(MAX_MSG_SIZE, socket.CMSG_SPACE(16 * 4))
             except (ConnectionResetError, BrokenPipeError):
                 self.exit(0)
             except OSError as exc:
@@ -924,8 +923,12 @@ class FakeProxy:
         raise ProxyError(f"fakeproxy: the {transport}: transport is not supported (oci: only)")
 
     def parse_image_id(self, value: Any) -> Image:
+        # skopeo 1.9.3 (0.2.3) words these two errors differently from later versions.
+        old_skopeo = self.opts.protocol < METHOD_SINCE["OpenImageOptional"]
+        if old_skopeo and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ProxyError(f"expecting integer imageid, not {go_type(value)}")
         image_id = parse_uint64(value)
-        if image_id == 0 and self.opts.protocol >= METHOD_SINCE["OpenImageOptional"]:
+        if image_id == 0 and not old_skopeo:
             raise ProxyError("Invalid imageid value of zero")
         image = self.images.get(image_id)
         if image is None:
@@ -1039,6 +1042,8 @@ class FakeProxy:
                 pipe.error = exc
             except OSError as exc:
                 pipe.error = ProxyError(os_error_message("write", "|1", exc))
+            except Exception as exc:  # a bug in the fake: make it visible to the client
+                pipe.error = ProxyError(f"fakeproxy internal error: {exc!r}")
 
         pipe.thread = threading.Thread(target=run, name=f"pipe-{wfd}", daemon=True)
         self.pipes[wfd] = pipe

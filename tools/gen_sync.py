@@ -17,7 +17,7 @@ import unasync
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "src" / "containers_image_proxy"
-HEADER = "# Generated from _async/{name} by tools/gen_sync.py: edit the source, not this file.\n"
+HEADER = "# Generated from {name} by tools/gen_sync.py: edit the source, not this file.\n"
 
 REPLACEMENTS = {
     "AsyncBackend": "SyncBackend",
@@ -42,7 +42,7 @@ TEXT = [
 ]
 
 
-def generate(source: Path) -> str:
+def generate(source: Path, target: Path) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         src_dir = Path(tmp) / "_async"
         src_dir.mkdir()
@@ -50,11 +50,12 @@ def generate(source: Path) -> str:
         rule = unasync.Rule("/_async/", "/_sync/", additional_replacements=REPLACEMENTS)
         unasync.unasync_files([str(src_dir / source.name)], rules=[rule])
         text = (Path(tmp) / "_sync" / source.name).read_text()
+    text = text.replace("test_async_proxy.py", "test_sync_proxy.py")
     for old, new in TEXT:
         text = text.replace(old, new)
-    text = HEADER.format(name=source.name) + text
+    text = HEADER.format(name=source.relative_to(ROOT)) + text
     formatted = subprocess.run(
-        [sys.executable, "-m", "ruff", "format", "--stdin-filename", str(source), "-"],
+        [sys.executable, "-m", "ruff", "format", "--stdin-filename", str(target), "-"],
         input=text,
         capture_output=True,
         text=True,
@@ -69,9 +70,12 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="fail if _sync/ is stale")
     args = parser.parse_args()
     stale = False
-    for source in sorted((PACKAGE / "_async").glob("*.py")):
-        target = PACKAGE / "_sync" / source.name
-        wanted = generate(source)
+    pairs = [
+        (source, PACKAGE / "_sync" / source.name) for source in (PACKAGE / "_async").glob("*.py")
+    ]
+    pairs.append((ROOT / "tests" / "test_async_proxy.py", ROOT / "tests" / "test_sync_proxy.py"))
+    for source, target in sorted(pairs):
+        wanted = generate(source, target)
         current = target.read_text() if target.exists() else ""
         if current == wanted:
             continue

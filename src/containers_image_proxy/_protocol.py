@@ -134,7 +134,7 @@ def close_fds(fds: Sequence[int]) -> None:
 
 _NOT_FOUND = re.compile(
     r"manifest unknown|name unknown|blob unknown|unknown blob|not found|no such file"
-    r"|does not exist|no such image|reference does not exist",
+    r"|does not exist|no such image|reference does not exist|no descriptor found",
     re.IGNORECASE,
 )
 _BROKEN_PIPE = re.compile(r"broken pipe|EPIPE", re.IGNORECASE)

@@ -276,11 +276,12 @@ class AsyncBlob(AsyncBlobStream):
         self._known = known_size
         self._finished = False
         self._holding = False
+        self._closed = False
 
     @property
     def closed(self) -> bool:
-        """Whether the stream was closed or read to its end."""
-        return self._fd is None
+        """Whether the stream was closed."""
+        return self._closed
 
     def __del__(self) -> None:
         fd, self._fd = getattr(self, "_fd", None), None
@@ -289,11 +290,11 @@ class AsyncBlob(AsyncBlobStream):
 
     async def readinto(self, buffer: WriteableBuffer, /) -> int:
         """Read into ``buffer``; 0 at the end. Raises the transfer's errors at the end."""
+        if self._closed:
+            raise ClosedError(f"blob {self.digest} is closed")
         fd = self._fd
         if fd is None:
-            if self._finished:
-                return 0
-            raise ClosedError(f"blob {self.digest} is closed")
+            return 0
         with memoryview(buffer) as outer, outer.cast("B") as view:
             if not self._known:
                 return await self._read_unknown(fd, view)
@@ -370,6 +371,7 @@ class AsyncBlob(AsyncBlobStream):
 
     async def aclose(self) -> None:
         """Close the stream, before or after its end; raises nothing for an early close."""
+        self._closed = True
         if self._finished:
             self._close_fd()
             return
@@ -406,12 +408,12 @@ class AsyncRawBlob(AsyncBlobStream):
         self._fds: tuple[int, int] | None = fds
         self._transfer = transfer
         self._stall = stall
-        self._done = False
+        self._closed = False
 
     @property
     def closed(self) -> bool:
-        """Whether the stream was closed or read to its end."""
-        return self._fds is None
+        """Whether the stream was closed."""
+        return self._closed
 
     def __del__(self) -> None:
         self._close_fds()
@@ -423,10 +425,10 @@ class AsyncRawBlob(AsyncBlobStream):
 
     async def readinto(self, buffer: WriteableBuffer, /) -> int:
         """Read into ``buffer``; 0 at the end. Raises the transfer's errors at the end."""
-        if self._fds is None:
-            if self._done:
-                return 0
+        if self._closed:
             raise ClosedError(f"blob {self.digest} is closed")
+        if self._fds is None:
+            return 0
         remaining = self._transfer.remaining()
         if remaining is not None and remaining <= 0:
             await self._complete()
@@ -444,7 +446,6 @@ class AsyncRawBlob(AsyncBlobStream):
         return count
 
     async def _complete(self) -> None:
-        self._done = True
         assert self._fds is not None
         data_fd, error_fd = self._fds
         what = f"blob {self.digest}"
@@ -459,7 +460,7 @@ class AsyncRawBlob(AsyncBlobStream):
 
     async def aclose(self) -> None:
         """Close the stream, before or after its end; raises nothing for an early close."""
-        self._done = True
+        self._closed = True
         self._close_fds()
 
 

@@ -1,4 +1,4 @@
-# Generated from _async/proxy.py by tools/gen_sync.py: edit the source, not this file.
+# Generated from src/containers_image_proxy/_async/proxy.py by tools/gen_sync.py: edit the source, not this file.
 """ImageProxy: the blocking client of skopeo's image proxy.
 
 This file is the single source of the client's I/O logic: ``_sync/proxy.py`` is
@@ -277,11 +277,12 @@ class Blob(BlobStream):
         self._known = known_size
         self._finished = False
         self._holding = False
+        self._closed = False
 
     @property
     def closed(self) -> bool:
-        """Whether the stream was closed or read to its end."""
-        return self._fd is None
+        """Whether the stream was closed."""
+        return self._closed
 
     def __del__(self) -> None:
         fd, self._fd = getattr(self, "_fd", None), None
@@ -290,11 +291,11 @@ class Blob(BlobStream):
 
     def readinto(self, buffer: WriteableBuffer, /) -> int:
         """Read into ``buffer``; 0 at the end. Raises the transfer's errors at the end."""
+        if self._closed:
+            raise ClosedError(f"blob {self.digest} is closed")
         fd = self._fd
         if fd is None:
-            if self._finished:
-                return 0
-            raise ClosedError(f"blob {self.digest} is closed")
+            return 0
         with memoryview(buffer) as outer, outer.cast("B") as view:
             if not self._known:
                 return self._read_unknown(fd, view)
@@ -369,6 +370,7 @@ class Blob(BlobStream):
 
     def close(self) -> None:
         """Close the stream, before or after its end; raises nothing for an early close."""
+        self._closed = True
         if self._finished:
             self._close_fd()
             return
@@ -405,12 +407,12 @@ class RawBlob(BlobStream):
         self._fds: tuple[int, int] | None = fds
         self._transfer = transfer
         self._stall = stall
-        self._done = False
+        self._closed = False
 
     @property
     def closed(self) -> bool:
-        """Whether the stream was closed or read to its end."""
-        return self._fds is None
+        """Whether the stream was closed."""
+        return self._closed
 
     def __del__(self) -> None:
         self._close_fds()
@@ -422,10 +424,10 @@ class RawBlob(BlobStream):
 
     def readinto(self, buffer: WriteableBuffer, /) -> int:
         """Read into ``buffer``; 0 at the end. Raises the transfer's errors at the end."""
-        if self._fds is None:
-            if self._done:
-                return 0
+        if self._closed:
             raise ClosedError(f"blob {self.digest} is closed")
+        if self._fds is None:
+            return 0
         remaining = self._transfer.remaining()
         if remaining is not None and remaining <= 0:
             self._complete()
@@ -443,7 +445,6 @@ class RawBlob(BlobStream):
         return count
 
     def _complete(self) -> None:
-        self._done = True
         assert self._fds is not None
         data_fd, error_fd = self._fds
         what = f"blob {self.digest}"
@@ -458,7 +459,7 @@ class RawBlob(BlobStream):
 
     def close(self) -> None:
         """Close the stream, before or after its end; raises nothing for an early close."""
-        self._done = True
+        self._closed = True
         self._close_fds()
 
 
