@@ -17,7 +17,7 @@ import unasync
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "src" / "containers_image_proxy"
-HEADER = "# Generated from {name} by tools/gen_sync.py: edit the source, not this file.\n"
+HEADER = "# Generated from {name} by tools/gen_sync.py.\n# Edit the source, not this file.\n"
 
 REPLACEMENTS = {
     "AsyncBackend": "SyncBackend",
@@ -54,15 +54,16 @@ def generate(source: Path, target: Path) -> str:
     for old, new in TEXT:
         text = text.replace(old, new)
     text = HEADER.format(name=source.relative_to(ROOT)) + text
-    formatted = subprocess.run(
-        [sys.executable, "-m", "ruff", "format", "--stdin-filename", str(target), "-"],
-        input=text,
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    )
-    return formatted.stdout
+    for command in (["check", "--select", "I", "--fix-only", "--quiet"], ["format"]):
+        text = subprocess.run(
+            [sys.executable, "-m", "ruff", *command, "--stdin-filename", str(target), "-"],
+            input=text,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        ).stdout
+    return text
 
 
 def main() -> int:

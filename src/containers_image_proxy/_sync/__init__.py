@@ -1,1 +1,2 @@
-# Generated from src/containers_image_proxy/_async/__init__.py by tools/gen_sync.py: edit the source, not this file.
+# Generated from src/containers_image_proxy/_async/__init__.py by tools/gen_sync.py.
+# Edit the source, not this file.

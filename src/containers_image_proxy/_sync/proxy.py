@@ -1,4 +1,5 @@
-# Generated from src/containers_image_proxy/_async/proxy.py by tools/gen_sync.py: edit the source, not this file.
+# Generated from src/containers_image_proxy/_async/proxy.py by tools/gen_sync.py.
+# Edit the source, not this file.
 """ImageProxy: the blocking client of skopeo's image proxy.
 
 This file is the single source of the client's I/O logic: ``_sync/proxy.py`` is
