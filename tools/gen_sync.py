@@ -50,7 +50,7 @@ def generate(source: Path, target: Path) -> str:
         rule = unasync.Rule("/_async/", "/_sync/", additional_replacements=REPLACEMENTS)
         unasync.unasync_files([str(src_dir / source.name)], rules=[rule])
         text = (Path(tmp) / "_sync" / source.name).read_text()
-    text = text.replace("test_async_proxy.py", "test_sync_proxy.py")
+    text = text.replace(source.name, target.name)
     for old, new in TEXT:
         text = text.replace(old, new)
     text = HEADER.format(name=source.relative_to(ROOT)) + text
@@ -74,7 +74,8 @@ def main() -> int:
     pairs = [
         (source, PACKAGE / "_sync" / source.name) for source in (PACKAGE / "_async").glob("*.py")
     ]
-    pairs.append((ROOT / "tests" / "test_async_proxy.py", ROOT / "tests" / "test_sync_proxy.py"))
+    for source in (ROOT / "tests").glob("test_async_*.py"):
+        pairs.append((source, source.with_name(source.name.replace("_async_", "_sync_"))))
     for source, target in sorted(pairs):
         wanted = generate(source, target)
         current = target.read_text() if target.exists() else ""

@@ -47,7 +47,7 @@ class ProtocolVersion(NamedTuple):
     def parse(cls, text: object) -> ProtocolVersion:
         """Parse ``"0.2.8"``; raise :class:`ProtocolError` for anything else."""
         if isinstance(text, str):
-            match = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)(?:[-+][0-9A-Za-z.+-]*)?", text)
+            match = re.fullmatch(r"([0-9]+)\.([0-9]+)\.([0-9]+)(?:[-+][0-9A-Za-z.+-]*)?", text)
             if match:
                 return cls(*(int(part) for part in match.groups()))
         raise ProtocolError(f"Initialize returned an invalid protocol version: {text!r}")
@@ -95,7 +95,7 @@ def supports(method: str, version: ProtocolVersion) -> bool:
 def require(method: str, version: ProtocolVersion) -> None:
     """Raise :class:`ProxyTooOldError` if ``version`` lacks ``method``."""
     if not supports(method, version):
-        raise ProxyTooOldError(str(METHOD_VERSIONS[method]), str(version), method)
+        raise ProxyTooOldError(str(METHOD_VERSIONS.get(method, MIN_VERSION)), str(version), method)
 
 
 def encode_request(method: str, args: Sequence[object] = ()) -> bytes:
@@ -157,6 +157,13 @@ def is_broken_pipe(error: RequestError) -> bool:
     )
 
 
+def _load_json(data: bytes, what: str) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError too
+        raise ProtocolError(f"{what} is not valid JSON: {exc}") from None
+
+
 def decode_reply(method: str, data: bytes, fds: Sequence[int], truncated: bool = False) -> Reply:
     """Validate one reply packet to ``method`` and the descriptors that came with it.
 
@@ -173,10 +180,7 @@ def decode_reply(method: str, data: bytes, fds: Sequence[int], truncated: bool =
 def _decode_reply(method: str, data: bytes, fds: Sequence[int], truncated: bool) -> Reply:
     if truncated or len(data) > MAX_MSG_SIZE:
         raise ProtocolError(f"reply to {method} exceeds the {MAX_MSG_SIZE}-byte packet limit")
-    try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"reply to {method} is not valid JSON: {exc}") from None
+    obj = _load_json(data, f"reply to {method}")
     if not isinstance(obj, dict):
         raise ProtocolError(f"reply to {method} is not a JSON object: {data[:80]!r}")
     success = obj.get("success")
@@ -248,14 +252,11 @@ def raw_blob_error(data: bytes) -> RequestError | None:
     """Decode what a GetRawBlob worker wrote to its error pipe; empty means success."""
     if not data:
         return None
-    try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ProtocolError(f"GetRawBlob error pipe carried invalid JSON: {data[:200]!r}") from None
+    obj = _load_json(data, "GetRawBlob error pipe")
     if not isinstance(obj, dict):
         raise ProtocolError(f"GetRawBlob error pipe carried a non-object: {data[:200]!r}")
     code, message = obj.get("code"), obj.get("message")
-    if code not in ERROR_CODES or not isinstance(message, str):
+    if not isinstance(code, str) or code not in ERROR_CODES or not isinstance(message, str):
         raise ProtocolError(f"GetRawBlob error pipe carried an invalid error: {data[:200]!r}")
     return request_error("GetRawBlob", message, code)
 
@@ -312,7 +313,7 @@ def registry_host(reference: str) -> str | None:
     name = reference[len("docker://") :]
     first, sep, _ = name.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost"):
-        return first
+        return "docker.io" if first == "index.docker.io" else first
     return "docker.io"
 
 

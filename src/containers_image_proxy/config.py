@@ -30,6 +30,9 @@ AUTH_FD = 100
 
 StrPath = str | os.PathLike[str]
 
+# poll(2) takes milliseconds in a C int.
+_MAX_TIMEOUT = 2_000_000.0
+
 
 @dataclasses.dataclass
 class ImageProxyConfig:
@@ -133,8 +136,11 @@ def _check_conflicts(config: ImageProxyConfig) -> None:
         isinstance(config.skopeo_cmd, str) or len(config.skopeo_cmd) == 0
     ):
         raise ConfigurationError("skopeo_cmd must be a non-empty list of arguments")
-    if config.stall_timeout is not None and config.stall_timeout <= 0:
-        raise ConfigurationError(f"stall_timeout must be positive, got {config.stall_timeout}")
+    if config.stall_timeout is not None and not 0 < config.stall_timeout <= _MAX_TIMEOUT:
+        raise ConfigurationError(
+            f"stall_timeout must be between 0 and {_MAX_TIMEOUT} seconds (or None),"
+            f" got {config.stall_timeout}"
+        )
 
 
 def build_command(

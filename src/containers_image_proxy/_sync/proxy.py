@@ -305,7 +305,11 @@ class Blob(BlobStream):
             if remaining <= 0:
                 self._finish()
                 return 0
-            count = _read_into(fd, view[:remaining], self._channel.stall, f"blob {self.digest}")
+            try:
+                count = _read_into(fd, view[:remaining], self._channel.stall, f"blob {self.digest}")
+            except StallTimeoutError:
+                self._abandon()
+                raise
             if count == 0:
                 self._finish()
                 return 0
@@ -325,12 +329,25 @@ class Blob(BlobStream):
             except BaseException:
                 self._release()
                 raise
-        count = _read_into(fd, view, self._channel.stall, f"blob {self.digest}")
+        try:
+            count = _read_into(fd, view, self._channel.stall, f"blob {self.digest}")
+        except StallTimeoutError as exc:
+            # FinishPipe is out and its reply waits behind the stalled source.
+            self._channel.break_with(exc)
+            self._abandon()
+            raise
         if count:
             self._transfer.update(view[:count])
             return count
         self._finish()
         return 0
+
+    def _abandon(self) -> None:
+        # A stalled source would block FinishPipe, and the proxy with it, until the
+        # source moves again: give the pipe up without it.
+        self._finished = True
+        self._release()
+        self._close_fd()
 
     def _release(self) -> None:
         if self._holding:

@@ -1,0 +1,75 @@
+"""One proxy shared by many threads, and by many asyncio tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+
+import pytest
+from images import BuiltImage
+
+from containers_image_proxy import AsyncImageProxy, ImageProxy
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+
+def _expected(image: BuiltImage) -> dict[str, str]:
+    return {digest: hashlib.sha256(data).hexdigest() for digest, _, _, data in image.layers}
+
+
+def test_threads_share_one_proxy(oci_image: BuiltImage, big_layers_image: BuiltImage) -> None:
+    images = [oci_image, big_layers_image]
+
+    with ImageProxy() as proxy:
+
+        def work(n: int) -> list[tuple[str, str]]:
+            image = images[n % 2]
+            results = []
+            with proxy.open_image(image.ref) as img:
+                digest, manifest = proxy.fetch_manifest(img)
+                assert digest == image.manifest_digest
+                proxy.fetch_config_raw(img)
+                for layer in manifest.layers:
+                    with proxy.get_descriptor(img, layer) as blob:
+                        h = hashlib.sha256()
+                        while chunk := blob.read(200_000):
+                            h.update(chunk)
+                    results.append((str(layer.digest), h.hexdigest()))
+            return results
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            outcomes = list(pool.map(work, range(48)))
+    for n, results in enumerate(outcomes):
+        expected = _expected(images[n % 2])
+        assert len(results) == len(expected)
+        for digest, actual in results:
+            assert expected[digest] == actual
+
+
+async def test_tasks_share_one_proxy(oci_image: BuiltImage, big_layers_image: BuiltImage) -> None:
+    images = [oci_image, big_layers_image]
+
+    async with AsyncImageProxy() as proxy:
+
+        async def work(n: int) -> list[tuple[str, str]]:
+            image = images[n % 2]
+            results = []
+            async with await proxy.open_image(image.ref) as img:
+                digest, manifest = await proxy.fetch_manifest(img)
+                assert digest == image.manifest_digest
+                await proxy.fetch_config_raw(img)
+                for layer in manifest.layers:
+                    async with await proxy.get_descriptor(img, layer) as blob:
+                        h = hashlib.sha256()
+                        async for chunk in blob:
+                            h.update(chunk)
+                    results.append((str(layer.digest), h.hexdigest()))
+            return results
+
+        outcomes = await asyncio.gather(*(work(n) for n in range(64)))
+    for n, results in enumerate(outcomes):
+        expected = _expected(images[n % 2])
+        assert len(results) == len(expected)
+        for digest, actual in results:
+            assert expected[digest] == actual
