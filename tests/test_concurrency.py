@@ -5,11 +5,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import time
 
 import pytest
+from conftest import fake_skopeo
 from images import BuiltImage
 
-from containers_image_proxy import AsyncImageProxy, ImageProxy
+from containers_image_proxy import (
+    AsyncImageProxy,
+    BusyError,
+    ImageProxy,
+    ImageProxyConfig,
+    StallTimeoutError,
+)
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -73,3 +81,35 @@ async def test_tasks_share_one_proxy(oci_image: BuiltImage, big_layers_image: Bu
         assert len(results) == len(expected)
         for digest, actual in results:
             assert expected[digest] == actual
+
+
+async def test_one_blob_read_by_two_tasks(big_layers_image: BuiltImage) -> None:
+    digest, size, _, _ = big_layers_image.layers[0]
+    config = ImageProxyConfig(skopeo_cmd=fake_skopeo("0.2.8", "--stall-blob"), stall_timeout=2)
+    async with (
+        AsyncImageProxy(config) as proxy,
+        await proxy.open_image(big_layers_image.ref) as img,
+    ):
+        blob = await proxy.get_blob(img, digest, size)
+        first = asyncio.ensure_future(blob.read())
+        await asyncio.sleep(0.2)  # the first read now waits for data that never comes
+        with pytest.raises(BusyError, match="already being read"):
+            await blob.read(10)
+        with pytest.raises(StallTimeoutError):
+            await first
+        await blob.aclose()
+
+
+def test_one_blob_read_by_two_threads(big_layers_image: BuiltImage) -> None:
+    digest, size, _, _ = big_layers_image.layers[0]
+    config = ImageProxyConfig(skopeo_cmd=fake_skopeo("0.2.8", "--stall-blob"), stall_timeout=2)
+    with ImageProxy(config) as proxy, proxy.open_image(big_layers_image.ref) as img:
+        blob = proxy.get_blob(img, digest, size)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(blob.read)
+            time.sleep(0.2)
+            with pytest.raises(BusyError):
+                blob.read(10)
+            with pytest.raises(StallTimeoutError):
+                first.result()
+        blob.close()

@@ -11,6 +11,7 @@ from ._sync.proxy import Blob, ImageProxy, RawBlob
 from .config import ImageProxyConfig
 from .errors import (
     BlobVerificationError,
+    BusyError,
     ClosedError,
     ConfigurationError,
     ImageNotFoundError,
@@ -34,6 +35,7 @@ __all__ = [
     "AsyncRawBlob",
     "Blob",
     "BlobVerificationError",
+    "BusyError",
     "ClosedError",
     "ConfigurationError",
     "ConvertedLayerInfo",

@@ -127,6 +127,10 @@ class ClosedError(ImageProxyError, ValueError):
     """An object was used after it was closed, or with a proxy it does not belong to."""
 
 
+class BusyError(ImageProxyError, RuntimeError):
+    """A blob stream was read by two threads or tasks at once."""
+
+
 def _describe_status(returncode: int | None) -> str:
     if returncode is None:
         return "exit status unknown"

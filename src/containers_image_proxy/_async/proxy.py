@@ -24,6 +24,7 @@ from .._image import OpenedImage
 from .._process import ChildProcess, socket_pair
 from ..config import ImageProxyConfig, build_command
 from ..errors import (
+    BusyError,
     ClosedError,
     ImageProxyError,
     ProxyExitedError,
@@ -116,28 +117,36 @@ class _AsyncChannel:
         tail = await Backend.run_blocking(self.child.stderr_tail, 1.0)
         return self.break_with(ProxyExitedError(method, returncode, tail))
 
-    async def send(self, method: str, args: Sequence[object] = ()) -> None:
+    async def send(self, method: str, args: Sequence[object] = (), label: str = "") -> None:
+        """Send a request; ``label`` names the operation in errors (default: ``method``)."""
         self.check()
         data = proto.encode_request(method, args)
         try:
             await Backend.send(self.sock, data)
         except OSError:
-            raise await self.died(method) from None
+            raise await self.died(label or method) from None
 
-    async def receive(self, method: str, timeout: float | None = None) -> proto.Reply:
+    async def receive(
+        self, method: str, timeout: float | None = None, label: str = ""
+    ) -> proto.Reply:
+        """Receive the reply to ``method``; ``label`` names the operation in errors."""
         self.check()
         try:
             packet = await Backend.recv(self.sock, timeout)
         except OSError:
-            raise await self.died(method) from None
+            raise await self.died(label or method) from None
         if packet is None:
             raise self.break_with(
-                StallTimeoutError(f"no reply to {method} within {timeout} seconds")
+                StallTimeoutError(f"no reply to {label or method} within {timeout} seconds")
             )
         data, fds, truncated = packet
         if not data and not fds:
-            raise await self.died(method)
+            raise await self.died(label or method)
         return proto.decode_reply(method, data, fds, truncated)
+
+    async def send_finish(self, pipeid: int, method: str) -> None:
+        """Send FinishPipe for a pipe of ``method``."""
+        await self.send("FinishPipe", [pipeid], label=method)
 
     async def call(self, method: str, args: Sequence[object] = ()) -> proto.Reply:
         async with self.lock:
@@ -147,7 +156,7 @@ class _AsyncChannel:
     async def finish_reply(self, method: str) -> RequestError | None:
         """Receive FinishPipe's reply; the transfer's error (named after ``method``) or None."""
         try:
-            await self.receive("FinishPipe", self.stall)
+            await self.receive("FinishPipe", self.stall, label=method)
         except RequestError as exc:
             return proto.request_error(method, exc.message, exc.code)
         return None
@@ -160,7 +169,7 @@ class _AsyncChannel:
         (fd,) = reply.fds
         try:
             prepare_pipe(fd)
-            await self.send("FinishPipe", [reply.pipeid])
+            await self.send_finish(reply.pipeid, method)
             try:
                 data = await _read_to_end(fd, self.stall, method)
                 error = await self.finish_reply(method)
@@ -193,8 +202,23 @@ class AsyncBlobStream(StreamBase):
         """How many bytes were read so far."""
         return self._transfer.received
 
+    _closed: bool
+    _busy: bool = False
+
     async def readinto(self, buffer: WriteableBuffer, /) -> int:
         """Read into ``buffer``; 0 at the end. Raises the transfer's errors at the end."""
+        if self._closed:
+            raise ClosedError(f"blob {self.digest} is closed")
+        if self._busy:
+            raise BusyError(f"blob {self.digest} is already being read by someone else")
+        self._busy = True
+        try:
+            with memoryview(buffer) as outer, outer.cast("B") as view:
+                return await self._readinto(view)
+        finally:
+            self._busy = False
+
+    async def _readinto(self, view: memoryview) -> int:
         raise NotImplementedError
 
     async def read(self, size: int = -1, /) -> bytes:
@@ -288,35 +312,31 @@ class AsyncBlob(AsyncBlobStream):
         if fd is not None:
             os.close(fd)
 
-    async def readinto(self, buffer: WriteableBuffer, /) -> int:
-        """Read into ``buffer``; 0 at the end. Raises the transfer's errors at the end."""
-        if self._closed:
-            raise ClosedError(f"blob {self.digest} is closed")
+    async def _readinto(self, view: memoryview) -> int:
         fd = self._fd
         if fd is None:
             return 0
-        with memoryview(buffer) as outer, outer.cast("B") as view:
-            if not self._known:
-                return await self._read_unknown(fd, view)
-            remaining = self._transfer.remaining()
-            assert remaining is not None
-            if remaining <= 0:
-                await self._finish()
-                return 0
-            try:
-                count = await _read_into(
-                    fd, view[:remaining], self._channel.stall, f"blob {self.digest}"
-                )
-            except StallTimeoutError:
-                self._abandon()
-                raise
-            if count == 0:
-                await self._finish()
-                return 0
-            self._transfer.update(view[:count])
-            if count == remaining:
-                await self._finish()
-            return count
+        if not self._known:
+            return await self._read_unknown(fd, view)
+        remaining = self._transfer.remaining()
+        assert remaining is not None
+        if remaining <= 0:
+            await self._finish()
+            return 0
+        try:
+            count = await _read_into(
+                fd, view[:remaining], self._channel.stall, f"blob {self.digest}"
+            )
+        except StallTimeoutError:
+            self._abandon()
+            raise
+        if count == 0:
+            await self._finish()
+            return 0
+        self._transfer.update(view[:count])
+        if count == remaining:
+            await self._finish()
+        return count
 
     async def _read_unknown(self, fd: int, view: memoryview) -> int:
         # Rule 3 for a blob of unknown size: FinishPipe goes out first and its reply
@@ -325,7 +345,7 @@ class AsyncBlob(AsyncBlobStream):
             await self._channel.lock.acquire()
             self._holding = True
             try:
-                await self._channel.send("FinishPipe", [self._pipeid])
+                await self._channel.send_finish(self._pipeid, "GetBlob")
             except BaseException:
                 self._release()
                 raise
@@ -369,7 +389,7 @@ class AsyncBlob(AsyncBlobStream):
             if not self._holding:
                 await channel.lock.acquire()
                 self._holding = True
-                await channel.send("FinishPipe", [self._pipeid])
+                await channel.send_finish(self._pipeid, "GetBlob")
             assert self._fd is not None
             try:
                 extra = await _drain(self._fd, channel.stall, what)
@@ -400,7 +420,7 @@ class AsyncBlob(AsyncBlobStream):
             if not self._holding:
                 await channel.lock.acquire()
                 self._holding = True
-                await channel.send("FinishPipe", [self._pipeid])
+                await channel.send_finish(self._pipeid, "GetBlob")
             error = await channel.finish_reply("GetBlob")
         except ClosedError:
             return
@@ -440,24 +460,19 @@ class AsyncRawBlob(AsyncBlobStream):
         if fds is not None:
             proto.close_fds(fds)
 
-    async def readinto(self, buffer: WriteableBuffer, /) -> int:
-        """Read into ``buffer``; 0 at the end. Raises the transfer's errors at the end."""
-        if self._closed:
-            raise ClosedError(f"blob {self.digest} is closed")
+    async def _readinto(self, view: memoryview) -> int:
         if self._fds is None:
             return 0
         remaining = self._transfer.remaining()
         if remaining is not None and remaining <= 0:
             await self._complete()
             return 0
-        with memoryview(buffer) as outer, outer.cast("B") as view:
-            if remaining is not None:
-                view = view[:remaining]
-            count = await _read_into(self._fds[0], view, self._stall, f"blob {self.digest}")
-            if count == 0:
-                await self._complete()
-                return 0
-            self._transfer.update(view[:count])
+        target = view if remaining is None else view[:remaining]
+        count = await _read_into(self._fds[0], target, self._stall, f"blob {self.digest}")
+        if count == 0:
+            await self._complete()
+            return 0
+        self._transfer.update(target[:count])
         if count == remaining:
             await self._complete()
         return count

@@ -26,6 +26,7 @@ from .._image import OpenedImage
 from .._process import ChildProcess, socket_pair
 from ..config import ImageProxyConfig, build_command
 from ..errors import (
+    BusyError,
     ClosedError,
     ImageProxyError,
     ProxyExitedError,
@@ -118,28 +119,34 @@ class _SyncChannel:
         tail = Backend.run_blocking(self.child.stderr_tail, 1.0)
         return self.break_with(ProxyExitedError(method, returncode, tail))
 
-    def send(self, method: str, args: Sequence[object] = ()) -> None:
+    def send(self, method: str, args: Sequence[object] = (), label: str = "") -> None:
+        """Send a request; ``label`` names the operation in errors (default: ``method``)."""
         self.check()
         data = proto.encode_request(method, args)
         try:
             Backend.send(self.sock, data)
         except OSError:
-            raise self.died(method) from None
+            raise self.died(label or method) from None
 
-    def receive(self, method: str, timeout: float | None = None) -> proto.Reply:
+    def receive(self, method: str, timeout: float | None = None, label: str = "") -> proto.Reply:
+        """Receive the reply to ``method``; ``label`` names the operation in errors."""
         self.check()
         try:
             packet = Backend.recv(self.sock, timeout)
         except OSError:
-            raise self.died(method) from None
+            raise self.died(label or method) from None
         if packet is None:
             raise self.break_with(
-                StallTimeoutError(f"no reply to {method} within {timeout} seconds")
+                StallTimeoutError(f"no reply to {label or method} within {timeout} seconds")
             )
         data, fds, truncated = packet
         if not data and not fds:
-            raise self.died(method)
+            raise self.died(label or method)
         return proto.decode_reply(method, data, fds, truncated)
+
+    def send_finish(self, pipeid: int, method: str) -> None:
+        """Send FinishPipe for a pipe of ``method``."""
+        self.send("FinishPipe", [pipeid], label=method)
 
     def call(self, method: str, args: Sequence[object] = ()) -> proto.Reply:
         with self.lock:
@@ -149,7 +156,7 @@ class _SyncChannel:
     def finish_reply(self, method: str) -> RequestError | None:
         """Receive FinishPipe's reply; the transfer's error (named after ``method``) or None."""
         try:
-            self.receive("FinishPipe", self.stall)
+            self.receive("FinishPipe", self.stall, label=method)
         except RequestError as exc:
             return proto.request_error(method, exc.message, exc.code)
         return None
@@ -162,7 +169,7 @@ class _SyncChannel:
         (fd,) = reply.fds
         try:
             prepare_pipe(fd)
-            self.send("FinishPipe", [reply.pipeid])
+            self.send_finish(reply.pipeid, method)
             try:
                 data = _read_to_end(fd, self.stall, method)
                 error = self.finish_reply(method)
@@ -195,8 +202,23 @@ class BlobStream(StreamBase):
         """How many bytes were read so far."""
         return self._transfer.received
 
+    _closed: bool
+    _busy: bool = False
+
     def readinto(self, buffer: WriteableBuffer, /) -> int:
         """Read into ``buffer``; 0 at the end. Raises the transfer's errors at the end."""
+        if self._closed:
+            raise ClosedError(f"blob {self.digest} is closed")
+        if self._busy:
+            raise BusyError(f"blob {self.digest} is already being read by someone else")
+        self._busy = True
+        try:
+            with memoryview(buffer) as outer, outer.cast("B") as view:
+                return self._readinto(view)
+        finally:
+            self._busy = False
+
+    def _readinto(self, view: memoryview) -> int:
         raise NotImplementedError
 
     def read(self, size: int = -1, /) -> bytes:
@@ -290,33 +312,29 @@ class Blob(BlobStream):
         if fd is not None:
             os.close(fd)
 
-    def readinto(self, buffer: WriteableBuffer, /) -> int:
-        """Read into ``buffer``; 0 at the end. Raises the transfer's errors at the end."""
-        if self._closed:
-            raise ClosedError(f"blob {self.digest} is closed")
+    def _readinto(self, view: memoryview) -> int:
         fd = self._fd
         if fd is None:
             return 0
-        with memoryview(buffer) as outer, outer.cast("B") as view:
-            if not self._known:
-                return self._read_unknown(fd, view)
-            remaining = self._transfer.remaining()
-            assert remaining is not None
-            if remaining <= 0:
-                self._finish()
-                return 0
-            try:
-                count = _read_into(fd, view[:remaining], self._channel.stall, f"blob {self.digest}")
-            except StallTimeoutError:
-                self._abandon()
-                raise
-            if count == 0:
-                self._finish()
-                return 0
-            self._transfer.update(view[:count])
-            if count == remaining:
-                self._finish()
-            return count
+        if not self._known:
+            return self._read_unknown(fd, view)
+        remaining = self._transfer.remaining()
+        assert remaining is not None
+        if remaining <= 0:
+            self._finish()
+            return 0
+        try:
+            count = _read_into(fd, view[:remaining], self._channel.stall, f"blob {self.digest}")
+        except StallTimeoutError:
+            self._abandon()
+            raise
+        if count == 0:
+            self._finish()
+            return 0
+        self._transfer.update(view[:count])
+        if count == remaining:
+            self._finish()
+        return count
 
     def _read_unknown(self, fd: int, view: memoryview) -> int:
         # Rule 3 for a blob of unknown size: FinishPipe goes out first and its reply
@@ -325,7 +343,7 @@ class Blob(BlobStream):
             self._channel.lock.acquire()
             self._holding = True
             try:
-                self._channel.send("FinishPipe", [self._pipeid])
+                self._channel.send_finish(self._pipeid, "GetBlob")
             except BaseException:
                 self._release()
                 raise
@@ -369,7 +387,7 @@ class Blob(BlobStream):
             if not self._holding:
                 channel.lock.acquire()
                 self._holding = True
-                channel.send("FinishPipe", [self._pipeid])
+                channel.send_finish(self._pipeid, "GetBlob")
             assert self._fd is not None
             try:
                 extra = _drain(self._fd, channel.stall, what)
@@ -400,7 +418,7 @@ class Blob(BlobStream):
             if not self._holding:
                 channel.lock.acquire()
                 self._holding = True
-                channel.send("FinishPipe", [self._pipeid])
+                channel.send_finish(self._pipeid, "GetBlob")
             error = channel.finish_reply("GetBlob")
         except ClosedError:
             return
@@ -440,24 +458,19 @@ class RawBlob(BlobStream):
         if fds is not None:
             proto.close_fds(fds)
 
-    def readinto(self, buffer: WriteableBuffer, /) -> int:
-        """Read into ``buffer``; 0 at the end. Raises the transfer's errors at the end."""
-        if self._closed:
-            raise ClosedError(f"blob {self.digest} is closed")
+    def _readinto(self, view: memoryview) -> int:
         if self._fds is None:
             return 0
         remaining = self._transfer.remaining()
         if remaining is not None and remaining <= 0:
             self._complete()
             return 0
-        with memoryview(buffer) as outer, outer.cast("B") as view:
-            if remaining is not None:
-                view = view[:remaining]
-            count = _read_into(self._fds[0], view, self._stall, f"blob {self.digest}")
-            if count == 0:
-                self._complete()
-                return 0
-            self._transfer.update(view[:count])
+        target = view if remaining is None else view[:remaining]
+        count = _read_into(self._fds[0], target, self._stall, f"blob {self.digest}")
+        if count == 0:
+            self._complete()
+            return 0
+        self._transfer.update(target[:count])
         if count == remaining:
             self._complete()
         return count
