@@ -185,8 +185,6 @@ class _AsyncChannel:
 class AsyncBlobStream(StreamBase):
     """Common reading API of :class:`AsyncBlob` and :class:`AsyncRawBlob`."""
 
-    _transfer: proto.Transfer
-
     @property
     def digest(self) -> Digest:
         """The digest the blob is expected to have."""
@@ -202,8 +200,23 @@ class AsyncBlobStream(StreamBase):
         """How many bytes were read so far."""
         return self._transfer.received
 
-    _closed: bool
-    _busy: bool = False
+    _transfer: proto.Transfer
+    _fds: tuple[int, ...] | None = None
+    _closed = False
+    _busy = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether the stream was closed."""
+        return self._closed
+
+    def __del__(self) -> None:
+        self._close_fds()
+
+    def _close_fds(self) -> None:
+        fds, self._fds = self._fds, None
+        if fds is not None:
+            proto.close_fds(fds)
 
     async def readinto(self, buffer: WriteableBuffer, /) -> int:
         """Read into ``buffer``; 0 at the end. Raises the transfer's errors at the end."""
@@ -294,28 +307,17 @@ class AsyncBlob(AsyncBlobStream):
         known_size: bool,
     ) -> None:
         self._channel = channel
-        self._fd: int | None = fd
+        self._fds = (fd,)
         self._pipeid = pipeid
         self._transfer = transfer
         self._known = known_size
         self._finished = False
         self._holding = False
-        self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        """Whether the stream was closed."""
-        return self._closed
-
-    def __del__(self) -> None:
-        fd, self._fd = getattr(self, "_fd", None), None
-        if fd is not None:
-            os.close(fd)
 
     async def _readinto(self, view: memoryview) -> int:
-        fd = self._fd
-        if fd is None:
+        if self._fds is None:
             return 0
+        (fd,) = self._fds
         if not self._known:
             return await self._read_unknown(fd, view)
         remaining = self._transfer.remaining()
@@ -367,17 +369,12 @@ class AsyncBlob(AsyncBlobStream):
         # source moves again: give the pipe up without it.
         self._finished = True
         self._release()
-        self._close_fd()
+        self._close_fds()
 
     def _release(self) -> None:
         if self._holding:
             self._holding = False
             self._channel.lock.release()
-
-    def _close_fd(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
 
     async def _finish(self) -> None:
         if self._finished:
@@ -390,15 +387,15 @@ class AsyncBlob(AsyncBlobStream):
                 await channel.lock.acquire()
                 self._holding = True
                 await channel.send_finish(self._pipeid, "GetBlob")
-            assert self._fd is not None
+            assert self._fds is not None
             try:
-                extra = await _drain(self._fd, channel.stall, what)
+                extra = await _drain(self._fds[0], channel.stall, what)
                 error = await channel.finish_reply("GetBlob")
             except StallTimeoutError as exc:
                 raise channel.break_with(exc) from None
         finally:
             self._release()
-            self._close_fd()
+            self._close_fds()
         if error is not None:
             raise error
         if self._known:
@@ -410,11 +407,11 @@ class AsyncBlob(AsyncBlobStream):
         """Close the stream, before or after its end; raises nothing for an early close."""
         self._closed = True
         if self._finished:
-            self._close_fd()
+            self._close_fds()
             return
         self._finished = True
         # Closing our end first makes the worker's next write fail at once (EPIPE).
-        self._close_fd()
+        self._close_fds()
         channel = self._channel
         try:
             if not self._holding:
@@ -442,23 +439,9 @@ class AsyncRawBlob(AsyncBlobStream):
     """
 
     def __init__(self, fds: tuple[int, int], transfer: proto.Transfer, stall: float | None) -> None:
-        self._fds: tuple[int, int] | None = fds
+        self._fds = fds
         self._transfer = transfer
         self._stall = stall
-        self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        """Whether the stream was closed."""
-        return self._closed
-
-    def __del__(self) -> None:
-        self._close_fds()
-
-    def _close_fds(self) -> None:
-        fds, self._fds = getattr(self, "_fds", None), None
-        if fds is not None:
-            proto.close_fds(fds)
 
     async def _readinto(self, view: memoryview) -> int:
         if self._fds is None:
