@@ -520,3 +520,31 @@ async def test_decryption_keys_on_this_skopeo(
     except ProxyExitedError as exc:
         # skopeo 1.9.3's proxy has no --decryption-key: its refusal is surfaced.
         assert "unknown flag: --decryption-key" in str(exc)
+
+
+async def test_manifest_beyond_pipe_buffer(skopeo: str, tmp_path: Path) -> None:
+    note = "n" * (100 * 1024)
+    image = build_oci_layout(
+        tmp_path / "layout", [Layer({"a": b"a"})], extra_annotations={"note": note}
+    )
+    assert len(image.manifest) > 64 * 1024
+    async with AsyncImageProxy() as proxy, await proxy.open_image(image.ref) as img:
+        digest, raw = await proxy.fetch_manifest_raw_oci(img)
+        assert digest == image.manifest_digest
+        assert raw == image.manifest
+        _, manifest = await proxy.fetch_manifest(img)
+        assert manifest.annotations is not None and manifest.annotations["note"] == note
+
+
+async def test_auth_data_from_a_file_object(
+    skopeo: str, oci_image: BuiltImage, tmp_path: Path
+) -> None:
+    auth = json.dumps({"auths": {"registry.invalid": {"auth": "dTpw"}}}).encode()
+    path = tmp_path / "auth.json"
+    path.write_bytes(auth)
+    with path.open("rb") as source:
+        async with AsyncImageProxy(ImageProxyConfig(auth_data=source)) as proxy:
+            cmdline = Path(f"/proc/{proxy.pid}/cmdline").read_bytes().split(b"\0")
+            fd = cmdline[cmdline.index(b"--authfile") + 1].decode().rsplit("/", 1)[1]
+            assert Path(f"/proc/{proxy.pid}/fd/{fd}").read_bytes() == auth
+            await _check_image(proxy, oci_image)

@@ -280,6 +280,8 @@ class AsyncBlobStream(StreamBase):
         raise NotImplementedError
 
     async def __aenter__(self) -> Self:
+        if self._closed:
+            raise ClosedError(f"blob {self.digest} is closed")
         return self
 
     async def __aexit__(

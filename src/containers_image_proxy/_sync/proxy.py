@@ -280,6 +280,8 @@ class BlobStream(StreamBase):
         raise NotImplementedError
 
     def __enter__(self) -> Self:
+        if self._closed:
+            raise ClosedError(f"blob {self.digest} is closed")
         return self
 
     def __exit__(
