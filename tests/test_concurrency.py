@@ -107,7 +107,9 @@ def test_one_blob_read_by_two_threads(big_layers_image: BuiltImage) -> None:
         blob = proxy.get_blob(img, digest, size)
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             first = pool.submit(blob.read)
-            time.sleep(0.2)
+            deadline = time.monotonic() + 10
+            while not blob._busy and time.monotonic() < deadline:
+                time.sleep(0.01)
             with pytest.raises(BusyError):
                 blob.read(10)
             with pytest.raises(StallTimeoutError):
