@@ -25,6 +25,8 @@ from images import (
     random_bytes,
 )
 
+pytest_plugins = ["reliability"]
+
 IMAGE_LABELS = {
     "org.opencontainers.image.title": "containers-image-proxy test image",
     "com.example.purpose": "testing",
