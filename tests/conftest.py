@@ -24,6 +24,7 @@ from images import (
     corrupt_blob,
     random_bytes,
 )
+from registry import Registry, RegistryImage, find_registry_binary
 
 pytest_plugins = ["reliability"]
 
@@ -212,4 +213,67 @@ def fake_skopeo(protocol: str, *options: str) -> list[str]:
 
 # ============================================================================
 # END resource accounting and proxy helpers
+# ============================================================================
+
+
+# ============================================================================
+# BEGIN local registry fixtures (see tests/registry.py)
+# ============================================================================
+
+
+@pytest.fixture(scope="session")
+def registry_binary() -> str:
+    """Path to docker-registry; skips (or fails under CI) when missing."""
+    path = find_registry_binary()
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("docker-registry is required in CI (apt-get install docker-registry)")
+        pytest.skip("docker-registry is not installed (set CI=1 to make this a failure)")
+    return path
+
+
+def _serve(
+    factory: pytest.TempPathFactory, name: str, binary: str, skopeo: str, **kind: bool
+) -> Iterator[Registry]:
+    registry = Registry(factory.mktemp(name), binary=binary, skopeo=skopeo, **kind)
+    try:
+        yield registry.start()
+    finally:
+        registry.stop()  # also registered with atexit while it runs
+
+
+@pytest.fixture(scope="session")
+def plain_registry(
+    tmp_path_factory: pytest.TempPathFactory, registry_binary: str, skopeo: str
+) -> Iterator[Registry]:
+    """A registry over plain HTTP (clients need insecure_skip_tls_verification)."""
+    yield from _serve(tmp_path_factory, "registry-plain", registry_binary, skopeo)
+
+
+@pytest.fixture(scope="session")
+def tls_registry(
+    tmp_path_factory: pytest.TempPathFactory, registry_binary: str, skopeo: str
+) -> Iterator[Registry]:
+    """A registry over HTTPS; its CA is ``cert_dir/ca.crt``."""
+    yield from _serve(tmp_path_factory, "registry-tls", registry_binary, skopeo, tls=True)
+
+
+@pytest.fixture(scope="session")
+def auth_registry(
+    tmp_path_factory: pytest.TempPathFactory, registry_binary: str, skopeo: str
+) -> Iterator[Registry]:
+    """A registry over HTTPS with htpasswd basic auth (``username``/``password``)."""
+    yield from _serve(
+        tmp_path_factory, "registry-auth", registry_binary, skopeo, tls=True, auth=True
+    )
+
+
+@pytest.fixture(scope="session")
+def registry_image(plain_registry: Registry, oci_image: BuiltImage) -> RegistryImage:
+    """``oci_image`` pushed to ``plain_registry`` as test/image:latest."""
+    return plain_registry.push_image(oci_image, "test/image", "latest")
+
+
+# ============================================================================
+# END local registry fixtures
 # ============================================================================

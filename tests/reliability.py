@@ -53,6 +53,9 @@ def _row(item: pytest.Item) -> Row | None:
     if marker is None:
         return None
     kind, case = marker.args
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None:
+        case = f"{case} [{callspec.id}]"
     if kind not in KINDS:
         raise ValueError(f"{item.nodeid}: unknown reliability kind {kind!r}")
     return _ROWS.setdefault(item.nodeid, Row(kind, case, item.nodeid))
@@ -120,7 +123,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         lines.append("|---|---|---|---|")
         for r in of_kind:
             observed = "; ".join(r.observed) or "-"
-            test = r.test.split("::", 1)[-1]
+            test = r.test.removeprefix("tests/")
             lines.append(f"| {_cell(r.case)} | {_cell(observed)} | {r.outcome} | `{_cell(test)}` |")
         lines.append("")
     passed = sum(r.outcome == "passed" for r in rows)

@@ -13,7 +13,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -214,7 +214,10 @@ async def test_early_close_leaves_proxy_usable(
             assert await blob.read() == stored[layer.digest]
 
 
-async def test_corrupted_blob_raises(skopeo: str, corrupted_image: BuiltImage) -> None:
+@pytest.mark.reliability("fault", "a layer blob corrupted on disk")
+async def test_corrupted_blob_raises(
+    skopeo: str, corrupted_image: BuiltImage, observe: Callable[[str], None]
+) -> None:
     async with AsyncImageProxy() as proxy, await proxy.open_image(corrupted_image.ref) as img:
         _, manifest = await proxy.fetch_manifest(img)
         bad = manifest.layers[0]
@@ -222,6 +225,7 @@ async def test_corrupted_blob_raises(skopeo: str, corrupted_image: BuiltImage) -
         with pytest.raises(BlobVerificationError) as info:
             await blob.read()
         assert info.value.method == "GetBlob"
+        observe(f"{type(info.value).__name__}: {info.value}; other layers still served")
         await blob.aclose()
         assert isinstance(info.value, VerificationError)
         # Other blobs of the same image still come through.
@@ -230,6 +234,7 @@ async def test_corrupted_blob_raises(skopeo: str, corrupted_image: BuiltImage) -
             assert await blob.read() == _layer_bytes(corrupted_image)[good.digest]
 
 
+@pytest.mark.reliability("bad input", "get_blob with a size one byte off")
 async def test_wrong_size_is_refused(proxy: AsyncImageProxy, oci_image: BuiltImage) -> None:
     async with await proxy.open_image(oci_image.ref) as img:
         _, manifest = await proxy.fetch_manifest(img)
@@ -240,6 +245,7 @@ async def test_wrong_size_is_refused(proxy: AsyncImageProxy, oci_image: BuiltIma
         assert (await proxy.fetch_manifest(img))[1] == manifest
 
 
+@pytest.mark.reliability("bad input", "malformed digests, negative/huge/float sizes, unknown blob")
 async def test_bad_arguments(proxy: AsyncImageProxy, oci_image: BuiltImage) -> None:
     async with await proxy.open_image(oci_image.ref) as img:
         digest = oci_image.layer_digests[0]
@@ -258,11 +264,17 @@ async def test_bad_arguments(proxy: AsyncImageProxy, oci_image: BuiltImage) -> N
         assert (await proxy.fetch_manifest(img))[0] == oci_image.manifest_digest
 
 
-async def test_missing_image(proxy: AsyncImageProxy, oci_image: BuiltImage, tmp_path: Path) -> None:
+@pytest.mark.reliability(
+    "bad input", "missing tag, missing layout, unknown transport, empty reference"
+)
+async def test_missing_image(
+    proxy: AsyncImageProxy, oci_image: BuiltImage, tmp_path: Path, observe: Callable[[str], None]
+) -> None:
     with pytest.raises(ImageNotFoundError) as info:
         await proxy.open_image(f"oci:{oci_image.path}:no-such-tag")
     assert info.value.method == "OpenImage"
     assert "no-such-tag" in str(info.value)
+    observe(f"ImageNotFoundError: {info.value}")
     with pytest.raises(RequestError):
         await proxy.open_image(f"oci:{tmp_path}/missing:latest")
     with pytest.raises(RequestError, match="transport"):
@@ -284,6 +296,7 @@ async def test_open_image_optional(proxy: AsyncImageProxy, oci_image: BuiltImage
     await proxy.close_image(img)
 
 
+@pytest.mark.reliability("bad input", "a method newer than the proxy")
 async def test_methods_newer_than_proxy(proxy: AsyncImageProxy, oci_image: BuiltImage) -> None:
     async with await proxy.open_image(oci_image.ref) as img:
         if not proxy.supports("GetRawBlob"):
@@ -294,6 +307,7 @@ async def test_methods_newer_than_proxy(proxy: AsyncImageProxy, oci_image: Built
                 assert await blob.read() == oci_image.layers[0][3]
 
 
+@pytest.mark.reliability("bad input", "closed image, image of another proxy, use after finalize")
 async def test_handles_are_checked(skopeo: str, oci_image: BuiltImage) -> None:
     async with AsyncImageProxy() as proxy, AsyncImageProxy() as other:
         img = await proxy.open_image(oci_image.ref)
@@ -314,12 +328,15 @@ async def test_handles_are_checked(skopeo: str, oci_image: BuiltImage) -> None:
     await proxy.finalize()  # again: nothing happens
 
 
-async def test_skopeo_missing() -> None:
+@pytest.mark.reliability("bad input", "skopeo command that does not exist")
+async def test_skopeo_missing(observe: Callable[[str], None]) -> None:
     with pytest.raises(SpawnError, match="no-such-skopeo") as info:
         await AsyncImageProxy(ImageProxyConfig(skopeo_cmd=["no-such-skopeo"])).open()
     assert isinstance(info.value, FileNotFoundError | OSError)
+    observe(f"SpawnError: {info.value}")
 
 
+@pytest.mark.reliability("bad input", "skopeo command that is not executable")
 async def test_skopeo_not_executable(tmp_path: Path) -> None:
     path = tmp_path / "skopeo"
     path.write_text("#!/bin/sh\n")
@@ -327,24 +344,31 @@ async def test_skopeo_not_executable(tmp_path: Path) -> None:
         await AsyncImageProxy(ImageProxyConfig(skopeo_cmd=[str(path)])).open()
 
 
-async def test_unknown_flag_is_surfaced(skopeo: str) -> None:
+@pytest.mark.reliability("bad input", "an option the installed skopeo lacks")
+async def test_unknown_flag_is_surfaced(skopeo: str, observe: Callable[[str], None]) -> None:
     config = ImageProxyConfig(user_agent_prefix="ci-test")
     try:
         async with AsyncImageProxy(config) as proxy:
             assert proxy.protocol_version  # a newer skopeo knows the flag
     except ProxyExitedError as exc:
         assert "user-agent-prefix" in str(exc)
+        observe(f"ProxyExitedError: {exc}")
         assert exc.returncode not in (None, 0)
 
 
-async def test_child_killed_between_requests(skopeo: str, oci_image: BuiltImage) -> None:
+@pytest.mark.reliability("process", "SIGKILL skopeo between requests")
+async def test_child_killed_between_requests(
+    skopeo: str, oci_image: BuiltImage, observe: Callable[[str], None]
+) -> None:
     proxy = await AsyncImageProxy().open()
     img = await proxy.open_image(oci_image.ref)
     os.kill(proxy.pid, signal.SIGKILL)
     started = time.monotonic()
     with pytest.raises(ProxyExitedError) as info:
         await proxy.fetch_manifest(img)
-    assert time.monotonic() - started < 10
+    seconds = time.monotonic() - started
+    assert seconds < 10
+    observe(f"{info.value} after {seconds:.2f}s")
     assert info.value.method == "GetManifest"
     assert info.value.returncode == -signal.SIGKILL
     assert "GetManifest" in str(info.value) and "signal 9" in str(info.value)
@@ -355,7 +379,10 @@ async def test_child_killed_between_requests(skopeo: str, oci_image: BuiltImage)
         await proxy.finalize()
 
 
-async def test_child_killed_during_blob(skopeo: str, big_layers_image: BuiltImage) -> None:
+@pytest.mark.reliability("process", "SIGKILL skopeo during a blob stream")
+async def test_child_killed_during_blob(
+    skopeo: str, big_layers_image: BuiltImage, observe: Callable[[str], None]
+) -> None:
     proxy = await AsyncImageProxy().open()
     img = await proxy.open_image(big_layers_image.ref)
     _, manifest = await proxy.fetch_manifest(img)
@@ -366,11 +393,13 @@ async def test_child_killed_during_blob(skopeo: str, big_layers_image: BuiltImag
         await blob.read()
     assert info.value.method == "GetBlob"
     assert info.value.returncode == -signal.SIGKILL
+    observe(str(info.value))
     await blob.aclose()
     with pytest.raises(ProxyExitedError):
         await proxy.finalize()
 
 
+@pytest.mark.reliability("process", "debug on and 4 MiB flood on skopeo's stderr")
 async def test_debug_output_and_stderr_flood(skopeo: str, oci_image: BuiltImage) -> None:
     # 4 MiB on stderr before skopeo starts, then skopeo's own debug output.
     flood = ["sh", "-c", 'head -c 4194304 /dev/zero | tr "\\0" x >&2; exec "$@"', "flood", skopeo]
@@ -378,6 +407,7 @@ async def test_debug_output_and_stderr_flood(skopeo: str, oci_image: BuiltImage)
         await _check_image(proxy, oci_image)
 
 
+@pytest.mark.reliability("security", "auth data absent from the child's argv and environment")
 async def test_auth_data_stays_private(skopeo: str, oci_image: BuiltImage) -> None:
     secret = "s3cr3t-token-value"
     auth = json.dumps({"auths": {"registry.invalid": {"auth": secret}}}).encode()
@@ -393,6 +423,7 @@ async def test_auth_data_stays_private(skopeo: str, oci_image: BuiltImage) -> No
         await _check_image(proxy, oci_image)
 
 
+@pytest.mark.reliability("security", "username/password only in a private auth file")
 async def test_credentials_become_a_private_auth_file(skopeo: str) -> None:
     config = ImageProxyConfig(username="alice", password="pa55-w0rd")
     async with AsyncImageProxy(config) as proxy:
@@ -408,13 +439,18 @@ async def test_credentials_become_a_private_auth_file(skopeo: str) -> None:
         assert auths["127.0.0.1:9"]["auth"] == "YWxpY2U6cGE1NS13MHJk"  # alice:pa55-w0rd
 
 
-async def test_too_old_proxy(no_leaks: None) -> None:
+@pytest.mark.reliability("bad input", "proxy answering protocol 0.2.2")
+async def test_too_old_proxy(no_leaks: None, observe: Callable[[str], None]) -> None:
     config = ImageProxyConfig(skopeo_cmd=fake_skopeo("0.2.2"))
-    with pytest.raises(ProxyTooOldError, match=r"0\.2\.3.*0\.2\.2"):
+    with pytest.raises(ProxyTooOldError, match=r"0\.2\.3.*0\.2\.2") as info:
         await AsyncImageProxy(config).open()
+    observe(str(info.value))
 
 
-async def test_parent_death_kills_child(skopeo: str, oci_image: BuiltImage, tmp_path: Path) -> None:
+@pytest.mark.reliability("process", "the Python parent is SIGKILLed: skopeo must exit")
+async def test_parent_death_kills_child(
+    skopeo: str, oci_image: BuiltImage, tmp_path: Path, observe: Callable[[str], None]
+) -> None:
     script = tmp_path / "parent.py"
     script.write_text(
         "import sys, time\n"
@@ -436,6 +472,7 @@ async def test_parent_death_kills_child(skopeo: str, oci_image: BuiltImage, tmp_
         while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not Path(f"/proc/{pid}").exists(), "skopeo outlived its parent"
+        observe(f"skopeo gone {time.monotonic() - deadline + 10:.2f}s after the parent's SIGKILL")
     finally:
         parent.kill()
         parent.wait()

@@ -83,6 +83,7 @@ async def test_tasks_share_one_proxy(oci_image: BuiltImage, big_layers_image: Bu
             assert expected[digest] == actual
 
 
+@pytest.mark.reliability("bad input", "one blob read by two tasks at once")
 async def test_one_blob_read_by_two_tasks(big_layers_image: BuiltImage) -> None:
     digest, size, _, _ = big_layers_image.layers[0]
     config = ImageProxyConfig(skopeo_cmd=fake_skopeo("0.2.8", "--stall-blob"), stall_timeout=2)
@@ -100,6 +101,7 @@ async def test_one_blob_read_by_two_tasks(big_layers_image: BuiltImage) -> None:
         await blob.aclose()
 
 
+@pytest.mark.reliability("bad input", "one blob read by two threads at once")
 def test_one_blob_read_by_two_threads(big_layers_image: BuiltImage) -> None:
     digest, size, _, _ = big_layers_image.layers[0]
     config = ImageProxyConfig(skopeo_cmd=fake_skopeo("0.2.8", "--stall-blob"), stall_timeout=2)

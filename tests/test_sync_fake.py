@@ -10,6 +10,7 @@ test_async_proxy.py. This file is the source of ``test_sync_fake.py``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,7 @@ def test_layer_info(version: str, oci_image: BuiltImage, tmp_path: Path) -> None
         assert "GetLayerInfoPiped" in methods and "GetLayerInfo" not in methods
 
 
+@pytest.mark.reliability("bad input", "inline layer info beyond the 32 KiB packet")
 @pytest.mark.parametrize("version", ["0.2.6", "0.2.7"])
 def test_layer_info_of_many_layers(version: str, many_layers_image: BuiltImage) -> None:
     expected = [(d, size, media_type) for d, size, media_type, _ in many_layers_image.layers]
@@ -116,6 +118,7 @@ def test_raw_blob(big_layers_image: BuiltImage) -> None:
             proxy.get_raw_blob(img, digest, size=5)
 
 
+@pytest.mark.reliability("bad input", "GetRawBlob on a proxy older than 0.2.8")
 @pytest.mark.parametrize("version", ["0.2.3", "0.2.7"])
 def test_raw_blob_needs_028(version: str, oci_image: BuiltImage, tmp_path: Path) -> None:
     log = tmp_path / "log"
@@ -127,6 +130,7 @@ def test_raw_blob_needs_028(version: str, oci_image: BuiltImage, tmp_path: Path)
     assert "GetRawBlob" not in sent_methods(log)
 
 
+@pytest.mark.reliability("fault", "GetRawBlob error pipe reports retryable / other")
 @pytest.mark.parametrize(("code", "retryable"), [("retryable", True), ("other", False)])
 def test_raw_blob_errors(code: str, retryable: bool, big_layers_image: BuiltImage) -> None:
     digest = big_layers_image.layer_digests[0]
@@ -143,6 +147,7 @@ def test_raw_blob_errors(code: str, retryable: bool, big_layers_image: BuiltImag
             assert (proxy.fetch_manifest(img))[1].layers
 
 
+@pytest.mark.reliability("fault", "GetRawBlob data longer than the blob")
 def test_raw_blob_is_verified_here(big_layers_image: BuiltImage) -> None:
     digest, _, _, data = big_layers_image.layers[0]
     with fake("0.2.8", "--raw-blob-extra-bytes", "7") as proxy:
@@ -183,6 +188,7 @@ def test_unknown_size_blob(version: str, big_layers_image: BuiltImage) -> None:
                     assert raw.read() == data
 
 
+@pytest.mark.reliability("fault", "source yields more bytes than promised")
 def test_extra_bytes_from_source(big_layers_image: BuiltImage) -> None:
     digest, size, _, _ = big_layers_image.layers[0]
     with fake("0.2.8", "--blob-extra-bytes", "3") as proxy:
@@ -194,7 +200,10 @@ def test_extra_bytes_from_source(big_layers_image: BuiltImage) -> None:
             assert (proxy.fetch_manifest(img))[1].layers
 
 
-def test_stalled_blob_times_out(big_layers_image: BuiltImage) -> None:
+@pytest.mark.reliability("fault", "source stalls mid-blob (GetBlob and GetRawBlob)")
+def test_stalled_blob_times_out(
+    big_layers_image: BuiltImage, observe: Callable[[str], None]
+) -> None:
     digest, size, _, _ = big_layers_image.layers[0]
     with fake("0.2.8", "--stall-blob", stall_timeout=1.0) as proxy:
         with proxy.open_image(big_layers_image.ref) as img:
@@ -202,7 +211,9 @@ def test_stalled_blob_times_out(big_layers_image: BuiltImage) -> None:
             started = time.monotonic()
             with pytest.raises(StallTimeoutError, match=r"no data arrived for 1\.0 seconds"):
                 blob.read()
-            assert time.monotonic() - started < 5
+            seconds = time.monotonic() - started
+            assert seconds < 5
+            observe(f"StallTimeoutError after {seconds:.1f}s (timeout 1s); next request OK")
             blob.close()
             # Other requests still work.
             assert (proxy.fetch_manifest(img))[1].layers
@@ -213,7 +224,8 @@ def test_stalled_blob_times_out(big_layers_image: BuiltImage) -> None:
             assert (proxy.fetch_manifest(img))[1].layers
 
 
-def test_proxy_dies_during_request(oci_image: BuiltImage) -> None:
+@pytest.mark.reliability("process", "proxy exits while a request is outstanding")
+def test_proxy_dies_during_request(oci_image: BuiltImage, observe: Callable[[str], None]) -> None:
     proxy = fake("0.2.8", "--die-on", "GetManifest").open()
     img = proxy.open_image(oci_image.ref)
     started = time.monotonic()
@@ -223,6 +235,7 @@ def test_proxy_dies_during_request(oci_image: BuiltImage) -> None:
     assert info.value.method == "GetManifest"
     assert info.value.returncode == 3
     assert "fake proxy dying" in info.value.stderr
+    observe(str(info.value))
     assert "GetManifest" in str(info.value) and "exit status 3" in str(info.value)
     with pytest.raises(ProxyExitedError):
         proxy.finalize()
@@ -243,10 +256,14 @@ def test_proxy_dies_during_request(oci_image: BuiltImage) -> None:
         "zero-handle",
     ],
 )
-def test_malformed_replies(kind: str, oci_image: BuiltImage) -> None:
+@pytest.mark.reliability("bad input", "malformed reply from the proxy")
+def test_malformed_replies(
+    kind: str, oci_image: BuiltImage, observe: Callable[[str], None]
+) -> None:
     with fake("0.2.8", "--bad-reply", kind) as proxy:
-        with pytest.raises(ProtocolError, match="OpenImage"):
+        with pytest.raises(ProtocolError, match="OpenImage") as info:
             proxy.open_image(oci_image.ref)
+        observe(f"ProtocolError: {info.value}; next request OK")
         # One bad reply does not desynchronize the connection.
         with proxy.open_image(oci_image.ref) as img:
             assert (proxy.fetch_manifest(img))[0] == oci_image.manifest_digest

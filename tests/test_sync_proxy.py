@@ -15,7 +15,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -210,7 +210,10 @@ def test_early_close_leaves_proxy_usable(proxy: ImageProxy, big_layers_image: Bu
             assert blob.read() == stored[layer.digest]
 
 
-def test_corrupted_blob_raises(skopeo: str, corrupted_image: BuiltImage) -> None:
+@pytest.mark.reliability("fault", "a layer blob corrupted on disk")
+def test_corrupted_blob_raises(
+    skopeo: str, corrupted_image: BuiltImage, observe: Callable[[str], None]
+) -> None:
     with ImageProxy() as proxy, proxy.open_image(corrupted_image.ref) as img:
         _, manifest = proxy.fetch_manifest(img)
         bad = manifest.layers[0]
@@ -218,6 +221,7 @@ def test_corrupted_blob_raises(skopeo: str, corrupted_image: BuiltImage) -> None
         with pytest.raises(BlobVerificationError) as info:
             blob.read()
         assert info.value.method == "GetBlob"
+        observe(f"{type(info.value).__name__}: {info.value}; other layers still served")
         blob.close()
         assert isinstance(info.value, VerificationError)
         # Other blobs of the same image still come through.
@@ -226,6 +230,7 @@ def test_corrupted_blob_raises(skopeo: str, corrupted_image: BuiltImage) -> None
             assert blob.read() == _layer_bytes(corrupted_image)[good.digest]
 
 
+@pytest.mark.reliability("bad input", "get_blob with a size one byte off")
 def test_wrong_size_is_refused(proxy: ImageProxy, oci_image: BuiltImage) -> None:
     with proxy.open_image(oci_image.ref) as img:
         _, manifest = proxy.fetch_manifest(img)
@@ -236,6 +241,7 @@ def test_wrong_size_is_refused(proxy: ImageProxy, oci_image: BuiltImage) -> None
         assert (proxy.fetch_manifest(img))[1] == manifest
 
 
+@pytest.mark.reliability("bad input", "malformed digests, negative/huge/float sizes, unknown blob")
 def test_bad_arguments(proxy: ImageProxy, oci_image: BuiltImage) -> None:
     with proxy.open_image(oci_image.ref) as img:
         digest = oci_image.layer_digests[0]
@@ -254,11 +260,17 @@ def test_bad_arguments(proxy: ImageProxy, oci_image: BuiltImage) -> None:
         assert (proxy.fetch_manifest(img))[0] == oci_image.manifest_digest
 
 
-def test_missing_image(proxy: ImageProxy, oci_image: BuiltImage, tmp_path: Path) -> None:
+@pytest.mark.reliability(
+    "bad input", "missing tag, missing layout, unknown transport, empty reference"
+)
+def test_missing_image(
+    proxy: ImageProxy, oci_image: BuiltImage, tmp_path: Path, observe: Callable[[str], None]
+) -> None:
     with pytest.raises(ImageNotFoundError) as info:
         proxy.open_image(f"oci:{oci_image.path}:no-such-tag")
     assert info.value.method == "OpenImage"
     assert "no-such-tag" in str(info.value)
+    observe(f"ImageNotFoundError: {info.value}")
     with pytest.raises(RequestError):
         proxy.open_image(f"oci:{tmp_path}/missing:latest")
     with pytest.raises(RequestError, match="transport"):
@@ -280,6 +292,7 @@ def test_open_image_optional(proxy: ImageProxy, oci_image: BuiltImage) -> None:
     proxy.close_image(img)
 
 
+@pytest.mark.reliability("bad input", "a method newer than the proxy")
 def test_methods_newer_than_proxy(proxy: ImageProxy, oci_image: BuiltImage) -> None:
     with proxy.open_image(oci_image.ref) as img:
         if not proxy.supports("GetRawBlob"):
@@ -290,6 +303,7 @@ def test_methods_newer_than_proxy(proxy: ImageProxy, oci_image: BuiltImage) -> N
                 assert blob.read() == oci_image.layers[0][3]
 
 
+@pytest.mark.reliability("bad input", "closed image, image of another proxy, use after finalize")
 def test_handles_are_checked(skopeo: str, oci_image: BuiltImage) -> None:
     with ImageProxy() as proxy, ImageProxy() as other:
         img = proxy.open_image(oci_image.ref)
@@ -310,12 +324,15 @@ def test_handles_are_checked(skopeo: str, oci_image: BuiltImage) -> None:
     proxy.finalize()  # again: nothing happens
 
 
-def test_skopeo_missing() -> None:
+@pytest.mark.reliability("bad input", "skopeo command that does not exist")
+def test_skopeo_missing(observe: Callable[[str], None]) -> None:
     with pytest.raises(SpawnError, match="no-such-skopeo") as info:
         ImageProxy(ImageProxyConfig(skopeo_cmd=["no-such-skopeo"])).open()
     assert isinstance(info.value, FileNotFoundError | OSError)
+    observe(f"SpawnError: {info.value}")
 
 
+@pytest.mark.reliability("bad input", "skopeo command that is not executable")
 def test_skopeo_not_executable(tmp_path: Path) -> None:
     path = tmp_path / "skopeo"
     path.write_text("#!/bin/sh\n")
@@ -323,24 +340,31 @@ def test_skopeo_not_executable(tmp_path: Path) -> None:
         ImageProxy(ImageProxyConfig(skopeo_cmd=[str(path)])).open()
 
 
-def test_unknown_flag_is_surfaced(skopeo: str) -> None:
+@pytest.mark.reliability("bad input", "an option the installed skopeo lacks")
+def test_unknown_flag_is_surfaced(skopeo: str, observe: Callable[[str], None]) -> None:
     config = ImageProxyConfig(user_agent_prefix="ci-test")
     try:
         with ImageProxy(config) as proxy:
             assert proxy.protocol_version  # a newer skopeo knows the flag
     except ProxyExitedError as exc:
         assert "user-agent-prefix" in str(exc)
+        observe(f"ProxyExitedError: {exc}")
         assert exc.returncode not in (None, 0)
 
 
-def test_child_killed_between_requests(skopeo: str, oci_image: BuiltImage) -> None:
+@pytest.mark.reliability("process", "SIGKILL skopeo between requests")
+def test_child_killed_between_requests(
+    skopeo: str, oci_image: BuiltImage, observe: Callable[[str], None]
+) -> None:
     proxy = ImageProxy().open()
     img = proxy.open_image(oci_image.ref)
     os.kill(proxy.pid, signal.SIGKILL)
     started = time.monotonic()
     with pytest.raises(ProxyExitedError) as info:
         proxy.fetch_manifest(img)
-    assert time.monotonic() - started < 10
+    seconds = time.monotonic() - started
+    assert seconds < 10
+    observe(f"{info.value} after {seconds:.2f}s")
     assert info.value.method == "GetManifest"
     assert info.value.returncode == -signal.SIGKILL
     assert "GetManifest" in str(info.value) and "signal 9" in str(info.value)
@@ -351,7 +375,10 @@ def test_child_killed_between_requests(skopeo: str, oci_image: BuiltImage) -> No
         proxy.finalize()
 
 
-def test_child_killed_during_blob(skopeo: str, big_layers_image: BuiltImage) -> None:
+@pytest.mark.reliability("process", "SIGKILL skopeo during a blob stream")
+def test_child_killed_during_blob(
+    skopeo: str, big_layers_image: BuiltImage, observe: Callable[[str], None]
+) -> None:
     proxy = ImageProxy().open()
     img = proxy.open_image(big_layers_image.ref)
     _, manifest = proxy.fetch_manifest(img)
@@ -362,11 +389,13 @@ def test_child_killed_during_blob(skopeo: str, big_layers_image: BuiltImage) -> 
         blob.read()
     assert info.value.method == "GetBlob"
     assert info.value.returncode == -signal.SIGKILL
+    observe(str(info.value))
     blob.close()
     with pytest.raises(ProxyExitedError):
         proxy.finalize()
 
 
+@pytest.mark.reliability("process", "debug on and 4 MiB flood on skopeo's stderr")
 def test_debug_output_and_stderr_flood(skopeo: str, oci_image: BuiltImage) -> None:
     # 4 MiB on stderr before skopeo starts, then skopeo's own debug output.
     flood = ["sh", "-c", 'head -c 4194304 /dev/zero | tr "\\0" x >&2; exec "$@"', "flood", skopeo]
@@ -374,6 +403,7 @@ def test_debug_output_and_stderr_flood(skopeo: str, oci_image: BuiltImage) -> No
         _check_image(proxy, oci_image)
 
 
+@pytest.mark.reliability("security", "auth data absent from the child's argv and environment")
 def test_auth_data_stays_private(skopeo: str, oci_image: BuiltImage) -> None:
     secret = "s3cr3t-token-value"
     auth = json.dumps({"auths": {"registry.invalid": {"auth": secret}}}).encode()
@@ -389,6 +419,7 @@ def test_auth_data_stays_private(skopeo: str, oci_image: BuiltImage) -> None:
         _check_image(proxy, oci_image)
 
 
+@pytest.mark.reliability("security", "username/password only in a private auth file")
 def test_credentials_become_a_private_auth_file(skopeo: str) -> None:
     config = ImageProxyConfig(username="alice", password="pa55-w0rd")
     with ImageProxy(config) as proxy:
@@ -404,13 +435,18 @@ def test_credentials_become_a_private_auth_file(skopeo: str) -> None:
         assert auths["127.0.0.1:9"]["auth"] == "YWxpY2U6cGE1NS13MHJk"  # alice:pa55-w0rd
 
 
-def test_too_old_proxy(no_leaks: None) -> None:
+@pytest.mark.reliability("bad input", "proxy answering protocol 0.2.2")
+def test_too_old_proxy(no_leaks: None, observe: Callable[[str], None]) -> None:
     config = ImageProxyConfig(skopeo_cmd=fake_skopeo("0.2.2"))
-    with pytest.raises(ProxyTooOldError, match=r"0\.2\.3.*0\.2\.2"):
+    with pytest.raises(ProxyTooOldError, match=r"0\.2\.3.*0\.2\.2") as info:
         ImageProxy(config).open()
+    observe(str(info.value))
 
 
-def test_parent_death_kills_child(skopeo: str, oci_image: BuiltImage, tmp_path: Path) -> None:
+@pytest.mark.reliability("process", "the Python parent is SIGKILLed: skopeo must exit")
+def test_parent_death_kills_child(
+    skopeo: str, oci_image: BuiltImage, tmp_path: Path, observe: Callable[[str], None]
+) -> None:
     script = tmp_path / "parent.py"
     script.write_text(
         "import sys, time\n"
@@ -432,6 +468,7 @@ def test_parent_death_kills_child(skopeo: str, oci_image: BuiltImage, tmp_path: 
         while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not Path(f"/proc/{pid}").exists(), "skopeo outlived its parent"
+        observe(f"skopeo gone {time.monotonic() - deadline + 10:.2f}s after the parent's SIGKILL")
     finally:
         parent.kill()
         parent.wait()

@@ -1,0 +1,416 @@
+"""A TCP relay that injects network faults between a client and a server.
+
+``Relay(target)`` listens on 127.0.0.1 (a free port) and forwards every accepted
+connection to ``target``. It runs its own asyncio loop in a background thread, so
+it works the same under blocking and asyncio tests. Faults can be given at
+construction and changed at any time with :meth:`Relay.set_faults`; they apply to
+new and existing connections:
+
+``latency``
+    seconds added to every forwarded chunk, in each direction; order is kept
+    (each chunk leaves ``latency`` seconds after it arrived).
+``bandwidth``
+    bytes per second, per connection and per direction.
+``cut_after``
+    after that many bytes went downstream (server to client) on a connection,
+    both sides are closed abruptly (RST, via ``SO_LINGER`` 0). Exactly that many
+    bytes reach the client first.
+``stall_after``
+    after that many downstream bytes, the connection forwards nothing more in
+    either direction, ever, while both sockets stay open (a black hole).
+
+Byte thresholds count from when the connection opened or, for a connection that
+already existed, from the last :meth:`~Relay.set_faults` call: ``set_faults(
+stall_after=1000)`` stalls every connection 1000 bytes later. A stalled or cut
+connection stays so when the fault is removed; new connections are clean.
+
+:meth:`Relay.close` (or leaving the ``with`` block) closes every socket and joins
+the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import socket
+import struct
+import termios
+import threading
+import time
+from collections import deque
+from collections.abc import Coroutine
+from types import TracebackType
+from typing import Any, Self
+
+__all__ = ["Faults", "Relay"]
+
+_CHUNK = 64 * 1024
+#: Bytes a direction may hold in flight (read but not yet written), per connection.
+_BUFFER = 4 << 20
+#: How long a cut waits for the bytes before it to leave the socket.
+_DRAIN_WAIT = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Faults:
+    """The faults a relay applies; the defaults are a clean network."""
+
+    latency: float = 0.0
+    bandwidth: float | None = None
+    cut_after: int | None = None
+    stall_after: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.latency < 0:
+            raise ValueError(f"latency must be >= 0, got {self.latency}")
+        if self.bandwidth is not None and self.bandwidth <= 0:
+            raise ValueError(f"bandwidth must be > 0, got {self.bandwidth}")
+        for name in ("cut_after", "stall_after"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def _abort(sock: socket.socket) -> None:
+    """Close ``sock`` with a reset instead of an orderly FIN."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def _unsent(sock: socket.socket) -> int:
+    """Bytes still queued in the kernel for ``sock`` (not yet acknowledged)."""
+    try:
+        buf = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return 0
+    value: int = struct.unpack("i", buf)[0]
+    return value
+
+
+class _Pipe:
+    """One direction of a connection: chunks read, waiting to be written."""
+
+    def __init__(self) -> None:
+        self.chunks: deque[tuple[float, bytes]] = deque()
+        self.held = 0
+        self.eof = False
+        self.changed = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
+
+    def put(self, chunk: bytes) -> None:
+        self.chunks.append((time.monotonic(), chunk))
+        self.held += len(chunk)
+        if self.held >= _BUFFER:
+            self.room.clear()
+        self.changed.set()
+
+    def take(self) -> tuple[float, bytes]:
+        arrived, chunk = self.chunks.popleft()
+        self.held -= len(chunk)
+        if self.held < _BUFFER:
+            self.room.set()
+        return arrived, chunk
+
+
+class _Connection:
+    def __init__(self, relay: Relay, client: socket.socket, upstream: socket.socket) -> None:
+        self.relay = relay
+        self.client = client
+        self.upstream = upstream
+        self.down = 0  # bytes written to the client
+        self.up = 0  # bytes written to the server
+        self.base = 0  # value of ``down`` from which cut_after/stall_after count
+        self.stalled = False
+        self.closed = False
+        self.tasks: list[asyncio.Task[None]] = []
+        self.done = 0
+
+    def start(self) -> None:
+        to_server, to_client = _Pipe(), _Pipe()
+        loop = asyncio.get_running_loop()
+        for coro in (
+            self._read(self.client, to_server),
+            self._write(to_server, self.upstream, downstream=False),
+            self._read(self.upstream, to_client),
+            self._write(to_client, self.client, downstream=True),
+        ):
+            self.tasks.append(loop.create_task(coro))
+
+    async def _read(self, src: socket.socket, pipe: _Pipe) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await pipe.room.wait()
+                chunk = await loop.sock_recv(src, _CHUNK)
+                if not chunk:
+                    break
+                pipe.put(chunk)
+        except OSError:
+            # A reset (or other error) on one side: pass it on as a reset.
+            await self.close(abort=True)
+            return
+        pipe.eof = True
+        pipe.changed.set()
+
+    async def _write(self, pipe: _Pipe, dst: socket.socket, downstream: bool) -> None:
+        loop = asyncio.get_running_loop()
+        relay = self.relay
+        next_send = 0.0  # bandwidth pacing: when the next byte may leave
+        try:
+            while True:
+                while not pipe.chunks:
+                    if pipe.eof:
+                        await self._finish_direction(dst)
+                        return
+                    pipe.changed.clear()
+                    await pipe.changed.wait()
+                arrived, chunk = pipe.chunks[0]
+                # Latency: each chunk leaves ``latency`` after it arrived (read live).
+                while (delay := arrived + relay.faults.latency - time.monotonic()) > 0:
+                    await asyncio.sleep(min(delay, 0.05))
+                pipe.take()
+                view = memoryview(chunk)
+                while view:
+                    faults = relay.faults
+                    with relay.lock:
+                        sent = self.down - self.base
+                    if faults.stall_after is not None and sent >= faults.stall_after:
+                        self.stalled = True
+                    if self.stalled:
+                        await asyncio.Event().wait()  # forever (until the relay closes)
+                    size = len(view)
+                    if downstream:
+                        if faults.stall_after is not None:
+                            size = min(size, faults.stall_after - sent)
+                        if faults.cut_after is not None:
+                            if sent >= faults.cut_after:
+                                await self.cut()
+                                return
+                            size = min(size, faults.cut_after - sent)
+                    if faults.bandwidth is not None:
+                        size = min(size, max(1024, int(faults.bandwidth / 50)))
+                        now = time.monotonic()
+                        if next_send > now:
+                            await asyncio.sleep(next_send - now)
+                            continue  # faults may have changed while asleep
+                        next_send = max(next_send, now) + size / faults.bandwidth
+                    # Counted before sending: a byte the client may have seen is always
+                    # in the count (set_faults takes its baselines from it).
+                    with relay.lock:
+                        if downstream:
+                            self.down += size
+                            relay.bytes_down += size
+                        else:
+                            self.up += size
+                            relay.bytes_up += size
+                    await loop.sock_sendall(dst, view[:size])
+                    view = view[size:]
+        except OSError:
+            await self.close(abort=True)
+
+    async def _finish_direction(self, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+        self.done += 1
+        if self.done == 2:
+            await self.close(abort=False)
+
+    async def cut(self) -> None:
+        """Let the bytes already written reach the client, then reset both sides."""
+        deadline = time.monotonic() + _DRAIN_WAIT
+        while _unsent(self.client) > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+        with self.relay.lock:
+            self.relay.cuts += 1
+        await self.close(abort=True)
+
+    async def close(self, abort: bool) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        current = asyncio.current_task()
+        others = [t for t in self.tasks if t is not current]
+        for task in others:
+            task.cancel()
+        # Let the cancelled tasks unregister their sockets before the fds go away.
+        await asyncio.gather(*others, return_exceptions=True)
+        for sock in (self.client, self.upstream):
+            if abort:
+                _abort(sock)
+            else:
+                sock.close()
+        self.relay._forget(self)
+
+
+class Relay:
+    """Forward connections from ``127.0.0.1:PORT`` to ``target``, injecting faults."""
+
+    def __init__(
+        self,
+        target: tuple[str, int] | str,
+        *,
+        latency: float = 0.0,
+        bandwidth: float | None = None,
+        cut_after: int | None = None,
+        stall_after: int | None = None,
+    ) -> None:
+        if isinstance(target, str):
+            host, _, port = target.rpartition(":")
+            target = (host, int(port))
+        family, _, _, _, sockaddr = socket.getaddrinfo(
+            target[0], target[1], type=socket.SOCK_STREAM
+        )[0]
+        self.target: tuple[Any, ...] = sockaddr
+        self._family = family
+        self.faults = Faults(latency, bandwidth, cut_after, stall_after)
+        self.lock = threading.Lock()
+        #: Bytes forwarded client -> server and server -> client, over all connections.
+        self.bytes_up = 0
+        self.bytes_down = 0
+        #: Connections accepted so far, and how many were cut.
+        self.connections = 0
+        self.cuts = 0
+        self._active: set[_Connection] = set()
+        self._pending: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self._listener.bind(("127.0.0.1", 0))
+            self._listener.listen(64)
+            self._listener.setblocking(False)
+            self.port: int = self._listener.getsockname()[1]
+            self._loop = asyncio.new_event_loop()
+        except BaseException:
+            self._listener.close()
+            raise
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"relay-{self.port}", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def address(self) -> str:
+        """``"127.0.0.1:PORT"``, where clients connect."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def active_connections(self) -> int:
+        """Connections currently open (stalled ones included)."""
+        with self.lock:
+            return len(self._active)
+
+    def set_faults(
+        self,
+        *,
+        latency: float = 0.0,
+        bandwidth: float | None = None,
+        cut_after: int | None = None,
+        stall_after: int | None = None,
+    ) -> None:
+        """Replace every fault (``set_faults()`` clears them all), live.
+
+        ``cut_after`` and ``stall_after`` count, on existing connections, from now.
+        """
+        faults = Faults(latency, bandwidth, cut_after, stall_after)
+        with self.lock:
+            for conn in self._active:
+                conn.base = conn.down
+            self.faults = faults
+
+    def close(self) -> None:
+        """Close every connection and the listener, and stop the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread.is_alive():
+            future = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+            future.result(timeout=10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+        self._loop.close()
+        self._listener.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Relay {self.address} -> {self.target[0]}:{self.target[1]} {self.faults}"
+            f" connections={self.connections} up={self.bytes_up} down={self.bytes_down}>"
+        )
+
+    # ------------------------------------------------------------------ internals
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._accepting = self._loop.create_task(self._accept())
+        self._loop.call_soon(self._ready.set)
+        self._loop.run_forever()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            client, _ = await loop.sock_accept(self._listener)
+            client.setblocking(False)
+            with self.lock:
+                self.connections += 1
+            self._spawn(self._connect(client))
+
+    async def _connect(self, client: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        upstream = socket.socket(self._family, socket.SOCK_STREAM)
+        upstream.setblocking(False)
+        try:
+            await loop.sock_connect(upstream, self.target)
+        except OSError:
+            # The target refuses: so does the relay, with a reset.
+            upstream.close()
+            _abort(client)
+            return
+        except BaseException:
+            upstream.close()
+            client.close()
+            raise
+        for sock in (client, upstream):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = _Connection(self, client, upstream)
+        with self.lock:
+            self._active.add(conn)
+        conn.start()
+
+    def _forget(self, conn: _Connection) -> None:
+        with self.lock:
+            self._active.discard(conn)
+
+    async def _shutdown(self) -> None:
+        self._accepting.cancel()
+        pending = list(self._pending)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(self._accepting, *pending, return_exceptions=True)
+        with self.lock:
+            connections = list(self._active)
+        for conn in connections:
+            await conn.close(abort=True)
+        # A connection may have been closing itself already: wait for all its tasks.
+        await asyncio.gather(*(t for c in connections for t in c.tasks), return_exceptions=True)
