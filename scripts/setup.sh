@@ -10,7 +10,7 @@ if ! command -v skopeo >/dev/null 2>&1; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    $sudo apt-get install -y -qq skopeo >/dev/null
+    $sudo apt-get install -y -qq skopeo docker-registry openssl >/dev/null
 fi
 
 python=${PYTHON:-python3}

@@ -14,6 +14,7 @@ dies without running ``atexit`` handlers.
 from __future__ import annotations
 
 import atexit
+import base64
 import ctypes
 import ctypes.util
 import hashlib
@@ -422,8 +423,6 @@ class Registry:
             conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         all_headers = dict(headers or {})
         if authenticate and self.auth:
-            import base64
-
             token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
             all_headers["Authorization"] = f"Basic {token}"
         try:

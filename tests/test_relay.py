@@ -21,7 +21,9 @@ PAYLOAD = random_bytes(1 << 20, seed=77)
 class Server:
     """A threaded TCP server on 127.0.0.1.
 
-    ``mode="serve"``: sends ``payload`` to each connection, then closes it.
+    ``mode="serve"``: waits for a request (any bytes), sends ``payload``, closes.
+    (A server that spoke first could reset a connection before the client's
+    connect() returned, which would make the cut tests racy.)
     ``mode="echo"``: sends back whatever arrives, until end-of-file.
     """
 
@@ -58,6 +60,7 @@ class Server:
     def _serve(self, sock: socket.socket) -> None:
         try:
             if self.mode == "serve":
+                sock.recv(1024)
                 sock.sendall(self.payload)
                 sock.shutdown(socket.SHUT_WR)
             else:
@@ -99,9 +102,16 @@ def echo() -> Iterator[Server]:
     server.close()
 
 
-def _connect(relay: Relay, timeout: float = 5.0) -> socket.socket:
+REQUEST = b"GET\n"
+
+
+def _connect(relay: Relay, timeout: float = 5.0, request: bool = False) -> socket.socket:
+    """A connection through ``relay``; ``request`` sends a request to a serve server."""
     host, port = relay.address.split(":")
-    return socket.create_connection((host, int(port)), timeout=timeout)
+    sock = socket.create_connection((host, int(port)), timeout=timeout)
+    if request:
+        sock.sendall(REQUEST)
+    return sock
 
 
 def _recv_all(sock: socket.socket) -> tuple[bytes, str]:
@@ -135,13 +145,13 @@ def test_pass_through_is_exact(serve: Server) -> None:
     with Relay(("127.0.0.1", serve.port)) as relay:
         assert relay.address == f"127.0.0.1:{relay.port}"
         for _ in range(3):
-            with _connect(relay) as sock:
+            with _connect(relay, request=True) as sock:
                 data, end = _recv_all(sock)
             assert end == "eof"
             assert data == PAYLOAD
         assert relay.connections == 3
         assert relay.bytes_down == 3 * len(PAYLOAD)
-        assert relay.bytes_up == 0
+        assert relay.bytes_up == 3 * len(REQUEST)
 
 
 def test_echo_both_directions(echo: Server) -> None:
@@ -159,7 +169,7 @@ def test_concurrent_connections(serve: Server) -> None:
     results: list[bytes] = []
 
     def fetch() -> None:
-        with _connect(relay) as sock:
+        with _connect(relay, request=True) as sock:
             results.append(_recv_all(sock)[0])
 
     with Relay(("127.0.0.1", serve.port), latency=0.01) as relay:
@@ -194,12 +204,12 @@ def test_latency_keeps_order(echo: Server) -> None:
 def test_bandwidth_cap(serve: Server) -> None:
     with Relay(("127.0.0.1", serve.port)) as relay:
         start = time.monotonic()
-        with _connect(relay) as sock:
+        with _connect(relay, request=True) as sock:
             assert _recv_all(sock) == (PAYLOAD, "eof")
         fast = time.monotonic() - start
         relay.set_faults(bandwidth=2 << 20)
         start = time.monotonic()
-        with _connect(relay) as sock:
+        with _connect(relay, request=True) as sock:
             assert _recv_all(sock) == (PAYLOAD, "eof")
         capped = time.monotonic() - start
     assert fast < 0.3
@@ -209,7 +219,7 @@ def test_bandwidth_cap(serve: Server) -> None:
 @pytest.mark.parametrize("n", [0, 1, 1000, 65536, 300_001])
 def test_cut_after_delivers_exactly_n_bytes(serve: Server, n: int) -> None:
     with Relay(("127.0.0.1", serve.port), cut_after=n) as relay:
-        with _connect(relay) as sock:
+        with _connect(relay, request=True) as sock:
             data, end = _recv_all(sock)
         assert data == PAYLOAD[:n]
         assert end in ("reset", "eof")
@@ -222,7 +232,10 @@ def test_cut_after_delivers_exactly_n_bytes(serve: Server, n: int) -> None:
 
 
 def test_cut_sends_a_reset(serve: Server) -> None:
-    with Relay(("127.0.0.1", serve.port), cut_after=10) as relay, _connect(relay) as sock:
+    with (
+        Relay(("127.0.0.1", serve.port), cut_after=10) as relay,
+        _connect(relay, request=True) as sock,
+    ):
         time.sleep(0.2)  # the cut has happened: the reset is already here
         assert sock.recv(100) == PAYLOAD[:10]
         with pytest.raises(ConnectionResetError):
@@ -232,7 +245,7 @@ def test_cut_sends_a_reset(serve: Server) -> None:
 @pytest.mark.parametrize("n", [0, 5000])
 def test_stall_after_delivers_n_bytes_then_nothing(serve: Server, n: int) -> None:
     with Relay(("127.0.0.1", serve.port), stall_after=n) as relay:
-        with _connect(relay, timeout=0.5) as sock:
+        with _connect(relay, timeout=0.5, request=True) as sock:
             data, end = _recv_all(sock)
             assert (data, end) == (PAYLOAD[:n], "timeout")
             assert relay.active_connections == 1  # still open
@@ -240,7 +253,7 @@ def test_stall_after_delivers_n_bytes_then_nothing(serve: Server, n: int) -> Non
             data, end = _recv_all(sock)
             assert (data, end) == (b"", "timeout")
         # New connections are clean again.
-        with _connect(relay) as sock:
+        with _connect(relay, request=True) as sock:
             assert _recv_all(sock) == (PAYLOAD, "eof")
 
 
@@ -275,8 +288,12 @@ def test_refused_target_resets_client() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     # Nothing listens on ``port`` now.
-    with Relay(("127.0.0.1", port)) as relay, _connect(relay) as sock:
-        data, end = _recv_all(sock)
+    with Relay(("127.0.0.1", port)) as relay:
+        try:
+            with _connect(relay) as sock:
+                data, end = _recv_all(sock)
+        except ConnectionResetError:  # the reset can beat connect() back to the caller
+            data, end = b"", "reset"
         assert data == b""
         assert end in ("reset", "eof")
 
@@ -284,7 +301,7 @@ def test_refused_target_resets_client() -> None:
 def test_close_leaks_nothing(serve: Server, echo: Server) -> None:
     threads_before = set(threading.enumerate())
     relay = Relay(("127.0.0.1", serve.port), stall_after=1000)
-    clients = [_connect(relay) for _ in range(3)]
+    clients = [_connect(relay, request=True) for _ in range(3)]
     time.sleep(0.2)
     assert relay.active_connections == 3
     relay.close()
@@ -313,6 +330,7 @@ async def test_works_under_an_asyncio_test(serve: Server) -> None:
     """The relay has its own loop: a test's loop doing async I/O through it is fine."""
     with Relay(("127.0.0.1", serve.port), latency=0.01) as relay:
         reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        writer.write(REQUEST)
         data = await asyncio.wait_for(reader.read(), 5)
         writer.close()
         await writer.wait_closed()

@@ -28,6 +28,10 @@ REPLACEMENTS = {
     "AsyncRawBlob": "RawBlob",
     "AsyncImageProxy": "ImageProxy",
     "aclose": "close",
+    "AsyncExitStack": "ExitStack",
+    "enter_async_context": "enter_context",
+    "pull_async": "pull",
+    "stream_layers_async": "stream_layers",
 }
 
 # Wording in docstrings and comments, which token replacement does not reach.

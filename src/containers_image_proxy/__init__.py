@@ -6,8 +6,11 @@ containers/image transport (registries, OCI layouts, archives, containers-storag
 """
 
 from ._async.proxy import AsyncBlob, AsyncImageProxy, AsyncRawBlob
+from ._async.pull import pull_async, stream_layers_async
 from ._image import OpenedImage
+from ._layout import LayoutError
 from ._sync.proxy import Blob, ImageProxy, RawBlob
+from ._sync.pull import pull, stream_layers
 from .config import ImageProxyConfig
 from .errors import (
     BlobVerificationError,
@@ -27,6 +30,14 @@ from .errors import (
     StallTimeoutError,
     VerificationError,
 )
+from .events import (
+    BlobFinished,
+    BlobProgress,
+    BlobStarted,
+    PullEvent,
+    PullResult,
+    PullStarted,
+)
 from .oci import ConvertedLayerInfo, Descriptor, Digest, ImageConfiguration, ImageManifest
 
 __all__ = [
@@ -34,6 +45,9 @@ __all__ = [
     "AsyncImageProxy",
     "AsyncRawBlob",
     "Blob",
+    "BlobFinished",
+    "BlobProgress",
+    "BlobStarted",
     "BlobVerificationError",
     "BusyError",
     "ClosedError",
@@ -49,14 +63,22 @@ __all__ = [
     "ImageProxyError",
     "InvalidDigestError",
     "InvalidDocumentError",
+    "LayoutError",
     "OpenedImage",
     "ProtocolError",
     "ProxyExitedError",
     "ProxyFailedError",
     "ProxyTooOldError",
+    "PullEvent",
+    "PullResult",
+    "PullStarted",
     "RawBlob",
     "RequestError",
     "SpawnError",
     "StallTimeoutError",
     "VerificationError",
+    "pull",
+    "pull_async",
+    "stream_layers",
+    "stream_layers_async",
 ]

@@ -8,17 +8,23 @@ the same names and meaning but block the calling thread.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 import os
 import select
 import socket
 import threading
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, Union
 
 from ._protocol import MAX_FDS, MAX_MSG_SIZE
 
 _T = TypeVar("_T")
+
+#: What a callable of the asyncio code returns: something to await.
+AsyncResult = Awaitable[_T]
+#: What the same callable returns in the blocking code: the value itself.
+SyncResult = Union[_T]  # noqa: UP007 (a generic alias of the bare type)
 
 _RECV_FLAGS = socket.MSG_CMSG_CLOEXEC
 _TRUNCATED = socket.MSG_TRUNC | socket.MSG_CTRUNC
@@ -65,6 +71,23 @@ class SyncBackend:
     def prepare_socket(sock: socket.socket) -> None:
         """Put our end of the socket in the mode this shell expects."""
         sock.setblocking(True)
+
+    @staticmethod
+    def run_all(tasks: list[Callable[[], object]], limit: int) -> None:
+        """Run ``tasks``, ``limit`` at a time in threads; raise the first failure."""
+        if limit <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                task()
+            return
+        with concurrent.futures.ThreadPoolExecutor(min(limit, len(tasks))) as pool:
+            futures = [pool.submit(task) for task in tasks]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
 
 
 class AsyncBackend:
@@ -118,6 +141,24 @@ class AsyncBackend:
     def prepare_socket(sock: socket.socket) -> None:
         """Put our end of the socket in the mode this shell expects."""
         sock.setblocking(False)
+
+    @staticmethod
+    async def run_all(tasks: list[Callable[[], Awaitable[object]]], limit: int) -> None:
+        """Run ``tasks``, ``limit`` at a time; on the first failure cancel the rest."""
+        semaphore = asyncio.Semaphore(limit)
+
+        async def run(task: Callable[[], Awaitable[object]]) -> None:
+            async with semaphore:
+                await task()
+
+        futures = [asyncio.ensure_future(run(task)) for task in tasks]
+        try:
+            await asyncio.gather(*futures)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            await asyncio.gather(*futures, return_exceptions=True)
+            raise
 
 
 class SyncStreamBase(io.RawIOBase):

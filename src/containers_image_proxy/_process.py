@@ -65,8 +65,12 @@ def _private_file(contents: bytes | BinaryIO, minimum_fd: int) -> int:
         if isinstance(contents, bytes):
             os.write(memfd, contents)
         else:
+            # A seekable file is rewound, so the same config can start many proxies.
+            start = contents.tell() if contents.seekable() else None
             while chunk := contents.read(65536):
                 os.write(memfd, chunk)
+            if start is not None:
+                contents.seek(start)
         fd = fcntl.fcntl(memfd, fcntl.F_DUPFD_CLOEXEC, minimum_fd)
     finally:
         os.close(memfd)

@@ -1,0 +1,230 @@
+"""Pulling a whole image into an OCI layout, and streaming its layers.
+
+Written once for asyncio (``pull_async``, ``stream_layers_async``); the blocking
+``pull`` and ``stream_layers`` are generated from this file by tools/gen_sync.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+from .. import _protocol as proto
+from .._backends import AsyncBackend as Backend
+from .._backends import AsyncResult
+from .._image import OpenedImage
+from .._layout import Layout
+from ..config import ImageProxyConfig
+from ..errors import RequestError, VerificationError
+from ..events import (
+    BlobFinished,
+    BlobProgress,
+    BlobStarted,
+    PullEvent,
+    PullResult,
+    PullStarted,
+)
+from ..oci import MEDIA_TYPE_IMAGE_MANIFEST, Descriptor, decode_config, decode_manifest
+from .proxy import AsyncBlob, AsyncImageProxy
+
+__all__ = ["pull_async", "stream_layers_async"]
+
+#: Blobs one proxy streams at once before a pull adds another proxy.
+STREAMS_PER_PROXY = 4
+#: Proxies a pull starts at most.
+MAX_PROXIES = 4
+
+ProgressCallback = Callable[[PullEvent], object]
+
+
+def default_tag(reference: str) -> str | None:
+    """The tag a reference names (``docker://x/y:TAG``, ``oci:DIR:TAG``), if any."""
+    transport, _, rest = reference.partition(":")
+    if transport == "docker":
+        name = rest.removeprefix("//").split("@", 1)[0]
+        last = name.rsplit("/", 1)[-1]
+        return last.rsplit(":", 1)[1] if ":" in last else "latest"
+    if transport in ("oci", "oci-archive"):
+        match = re.fullmatch(r"[^:]*:([A-Za-z0-9._-]+)", rest)
+        return match.group(1) if match else None
+    if transport == "docker-archive":
+        tail = rest.split(":", 1)[1] if ":" in rest else ""
+        return tail.rsplit(":", 1)[1] if ":" in tail.rsplit("/", 1)[-1] else None
+    return None
+
+
+async def _fetch_config(
+    proxy: AsyncImageProxy, image: OpenedImage, descriptor: Descriptor
+) -> bytes:
+    """The config blob's exact bytes (see PROTOCOL.md on converted manifests)."""
+    try:
+        async with await proxy.get_descriptor(image, descriptor) as blob:
+            return await blob.read()
+    except RequestError as first:
+        # A manifest converted to OCI can name a config digest the source lacks;
+        # GetFullConfig then returns exactly those bytes.
+        data = await proxy.fetch_config_raw(image)
+        if proto.sha256_digest(data) != descriptor.digest:
+            raise first
+        return data
+
+
+async def pull_async(
+    reference: str,
+    dest: str | os.PathLike[str],
+    *,
+    tag: str | None = None,
+    config: ImageProxyConfig | None = None,
+    jobs: int = 4,
+    progress: ProgressCallback | None = None,
+    proxy: AsyncImageProxy | None = None,
+) -> PullResult:
+    """Fetch the image ``reference`` into the OCI image layout directory ``dest``.
+
+    The result can be used as ``oci:DEST:TAG``; ``tag`` defaults to the tag of
+    ``reference`` (``latest`` for a registry reference without one). Blobs already in
+    ``dest`` with the right digest are not fetched again; each new blob is verified
+    before it gets its digest name, and ``index.json`` is written last, so an
+    interrupted pull can simply be run again. ``jobs`` blobs are fetched at once,
+    over one proxy or, above ``STREAMS_PER_PROXY``, over a few. An open ``proxy``
+    may be given to reuse it (``config`` is then ignored and ``jobs`` share it).
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    layout = Layout(dest)
+    tag = tag if tag is not None else default_tag(reference)
+    async with contextlib.AsyncExitStack() as stack:
+        if proxy is None:
+            count = min(MAX_PROXIES, math.ceil(jobs / STREAMS_PER_PROXY))
+            proxies = [
+                await stack.enter_async_context(AsyncImageProxy(config)) for _ in range(count)
+            ]
+        else:
+            proxies = [proxy]
+        images = [await stack.enter_async_context(await p.open_image(reference)) for p in proxies]
+        source_digest, raw = await proxies[0].fetch_manifest_raw_oci(images[0])
+        manifest = decode_manifest(raw)
+        blobs = (manifest.config, *manifest.layers)
+        if progress is not None:
+            progress(PullStarted(reference, blobs))
+
+        present = {blob.digest for blob in blobs if layout.has_blob(blob.digest, blob.size)}
+        fetched: list[Descriptor] = []
+
+        async def fetch(index: int, descriptor: Descriptor) -> None:
+            if descriptor.digest in present:
+                if progress is not None:
+                    progress(BlobFinished(descriptor, skipped=True))
+                return
+            if progress is not None:
+                progress(BlobStarted(descriptor))
+            slot = index % len(proxies)
+            proxy_, image = proxies[slot], images[slot]
+            if index == 0:
+                data = await _fetch_config(proxy_, image, descriptor)
+                layout.write_blob(descriptor.digest, data)
+                if progress is not None:
+                    progress(BlobProgress(descriptor, len(data), len(data)))
+            else:
+                await _fetch_layer(proxy_, image, descriptor, layout, progress)
+            fetched.append(descriptor)
+            if progress is not None:
+                progress(BlobFinished(descriptor, skipped=False))
+
+        def task(index: int, descriptor: Descriptor) -> Callable[[], AsyncResult[None]]:
+            async def run() -> None:
+                await fetch(index, descriptor)
+
+            return run
+
+        await Backend.run_all([task(i, blob) for i, blob in enumerate(blobs)], jobs)
+
+        config_blob = layout.blob_path(manifest.config.digest).read_bytes()
+        platform = _platform(config_blob)
+        manifest_digest = proto.sha256_digest(raw)
+        layout.write_blob(manifest_digest, raw)
+        entry: dict[str, Any] = {
+            "mediaType": manifest.media_type or MEDIA_TYPE_IMAGE_MANIFEST,
+            "digest": str(manifest_digest),
+            "size": len(raw),
+        }
+        if platform:
+            entry["platform"] = platform
+        layout.add_manifest(entry, tag)
+    return PullResult(
+        reference=reference,
+        dest=layout.root,
+        tag=tag,
+        manifest_digest=manifest_digest,
+        source_digest=source_digest,
+        manifest=manifest,
+        fetched=tuple(d.digest for d in fetched),
+        skipped=tuple(d.digest for d in blobs if d.digest in present),
+        bytes_fetched=sum(d.size for d in fetched),
+    )
+
+
+def _platform(config: bytes) -> dict[str, str]:
+    try:
+        parsed = decode_config(config)
+    except ValueError:
+        return {}
+    platform = {"architecture": parsed.architecture, "os": parsed.os}
+    if parsed.variant:
+        platform["variant"] = parsed.variant
+    return platform
+
+
+async def _fetch_layer(
+    proxy: AsyncImageProxy,
+    image: OpenedImage,
+    descriptor: Descriptor,
+    layout: Layout,
+    progress: ProgressCallback | None,
+) -> None:
+    received = 0
+
+    def advance(count: int) -> None:
+        nonlocal received
+        received += count
+        if progress is not None:
+            progress(BlobProgress(descriptor, count, received))
+
+    with layout.new_blob(descriptor.digest) as out:
+        async with await proxy.get_descriptor(image, descriptor) as blob:
+            written = await blob.copy_to(out, advance)
+        if written != descriptor.size:
+            raise VerificationError(
+                f"blob {descriptor.digest}: got {written} of {descriptor.size} bytes"
+            )
+
+
+async def stream_layers_async(
+    reference: str,
+    consume: Callable[[Descriptor, AsyncBlob], AsyncResult[object]],
+    *,
+    config: ImageProxyConfig | None = None,
+    proxy: AsyncImageProxy | None = None,
+) -> list[Descriptor]:
+    """Hand each layer of ``reference`` to ``consume`` as a verified stream, in order.
+
+    Nothing touches the disk. Whatever ``consume`` leaves unread is drained, so that
+    every layer is verified whole; its errors are raised from here. Returns the
+    layer descriptors.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        if proxy is None:
+            proxy = await stack.enter_async_context(AsyncImageProxy(config))
+        image = await stack.enter_async_context(await proxy.open_image(reference))
+        _, manifest = await proxy.fetch_manifest(image)
+        for layer in manifest.layers:
+            async with await proxy.get_descriptor(image, layer) as blob:
+                await consume(layer, blob)
+                if not blob.closed:
+                    with open(os.devnull, "wb") as sink:
+                        await blob.copy_to(sink)
+        return list(manifest.layers)

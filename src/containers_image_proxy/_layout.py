@@ -1,0 +1,145 @@
+"""An OCI image layout directory being written: blobs, index.json, oci-layout.
+
+Every blob is written to a temporary file in ``blobs/<algorithm>/`` and renamed to
+its digest only once it has been verified, so a file under a digest name is always
+whole and right; ``index.json`` is replaced atomically, after the blobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .errors import ImageProxyError
+from .oci import MEDIA_TYPE_IMAGE_INDEX, Digest
+
+REF_NAME = "org.opencontainers.image.ref.name"
+_HASH_CHUNK = 1 << 20
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class LayoutError(ImageProxyError, OSError):
+    """The destination cannot hold an OCI layout (not a directory, not writable, ...)."""
+
+
+class Layout:
+    """An OCI image layout at ``root``, created if needed."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        try:
+            if self.root.exists() and not self.root.is_dir():
+                raise LayoutError(f"destination {self.root} exists and is not a directory")
+            (self.root / "blobs").mkdir(parents=True, exist_ok=True)
+            self._remove_orphans()
+            marker = self.root / "oci-layout"
+            if not marker.exists():
+                self._replace(marker, b'{"imageLayoutVersion":"1.0.0"}')
+        except LayoutError:
+            raise
+        except OSError as exc:
+            raise LayoutError(
+                f"cannot use {self.root} as an OCI layout: {exc.strerror or exc}"
+            ) from exc
+
+    def _remove_orphans(self) -> None:
+        """Remove temporary files left by writers that died (named ``.PID-...``)."""
+        for directory in (self.root, *(self.root / "blobs").iterdir()):
+            if not directory.is_dir():
+                continue
+            for path in directory.glob(".*-*"):
+                pid = path.name[1:].split("-", 1)[0]
+                if pid.isdigit() and not _alive(int(pid)):
+                    path.unlink(missing_ok=True)
+
+    def blob_path(self, digest: Digest) -> Path:
+        """Where the blob with ``digest`` lives."""
+        return self.root / "blobs" / digest.algorithm / digest.encoded
+
+    def has_blob(self, digest: Digest, size: int) -> bool:
+        """Whether the blob is present, with the right size and content."""
+        path = self.blob_path(digest)
+        try:
+            if path.stat().st_size != size:
+                return False
+            hasher = digest.hasher()
+            with path.open("rb") as f:
+                while chunk := f.read(_HASH_CHUNK):
+                    hasher.update(chunk)
+        except OSError:
+            return False
+        return hasher.hexdigest() == digest.encoded
+
+    @contextmanager
+    def new_blob(self, digest: Digest) -> Iterator[BinaryIO]:
+        """A temporary file that becomes the blob ``digest`` if the block succeeds."""
+        directory = self.blob_path(digest).parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{os.getpid()}-", dir=directory)
+        except OSError as exc:
+            raise LayoutError(f"cannot write into {directory}: {exc.strerror or exc}") from exc
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+            os.chmod(name, 0o644)
+            os.replace(name, self.blob_path(digest))
+        except BaseException:
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def write_blob(self, digest: Digest, data: bytes) -> None:
+        """Store ``data`` (already verified) as the blob ``digest``."""
+        with self.new_blob(digest) as f:
+            f.write(data)
+
+    def add_manifest(self, descriptor: dict[str, Any], tag: str | None) -> None:
+        """Name a manifest in index.json (replacing the entry of the same tag)."""
+        index_path = self.root / "index.json"
+        try:
+            index = json.loads(index_path.read_bytes())
+        except FileNotFoundError:
+            index = {"schemaVersion": 2, "mediaType": MEDIA_TYPE_IMAGE_INDEX, "manifests": []}
+        except (OSError, ValueError) as exc:
+            raise LayoutError(f"cannot read {index_path}: {exc}") from exc
+        entry = dict(descriptor)
+        if tag is not None:
+            entry["annotations"] = {**entry.get("annotations", {}), REF_NAME: tag}
+        index["manifests"] = [
+            m
+            for m in index.get("manifests", [])
+            if (tag is None and m.get("digest") != entry["digest"])
+            or (tag is not None and m.get("annotations", {}).get(REF_NAME) != tag)
+        ] + [entry]
+        self._replace(index_path, json.dumps(index, separators=(",", ":")).encode())
+
+    def _replace(self, path: Path, data: bytes) -> None:
+        fd, name = tempfile.mkstemp(prefix=f".{os.getpid()}-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(name, 0o644)
+            os.replace(name, path)
+        except BaseException:
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                pass
+            raise

@@ -1,0 +1,74 @@
+"""Progress events of a pull, and its result.
+
+A ``progress`` callable given to :func:`containers_image_proxy.pull` receives these
+events in order for each blob (from several threads or tasks at once when blobs
+are fetched in parallel): :class:`PullStarted` once, then per blob
+:class:`BlobStarted`, any number of :class:`BlobProgress`, and :class:`BlobFinished`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from .oci import Descriptor, Digest, ImageManifest
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PullStarted:
+    """The manifest is known: these blobs (config first, then layers) make the image."""
+
+    reference: str
+    blobs: tuple[Descriptor, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        """The size of all blobs together."""
+        return sum(blob.size for blob in self.blobs)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BlobStarted:
+    """A blob starts to download."""
+
+    descriptor: Descriptor
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BlobProgress:
+    """``advance`` more bytes of a blob arrived; ``received`` in all so far."""
+
+    descriptor: Descriptor
+    advance: int
+    received: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BlobFinished:
+    """A blob is stored and verified; ``skipped`` when it was already there."""
+
+    descriptor: Descriptor
+    skipped: bool
+
+
+PullEvent = PullStarted | BlobStarted | BlobProgress | BlobFinished
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PullResult:
+    """What a pull stored.
+
+    ``manifest_digest`` names the OCI manifest stored in the layout (the proxy
+    converts other formats to OCI); ``source_digest`` is the digest the source gave
+    for its own manifest. ``fetched`` and ``skipped`` list blob digests.
+    """
+
+    reference: str
+    dest: Path
+    tag: str | None
+    manifest_digest: Digest
+    source_digest: Digest
+    manifest: ImageManifest
+    fetched: tuple[Digest, ...]
+    skipped: tuple[Digest, ...]
+    bytes_fetched: int
