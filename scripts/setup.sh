@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs what the project needs on a fresh Debian machine: skopeo from the
-# distribution and a virtual environment in .venv with the package and its
-# development tools. Safe to run again.
+# Installs what the project needs on a fresh Debian machine: skopeo, the
+# distribution registry (docker-registry) and openssl from Debian, and a virtual
+# environment in .venv with the package and its development tools. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v skopeo >/dev/null 2>&1; then
+if ! command -v skopeo >/dev/null 2>&1 || ! command -v docker-registry >/dev/null 2>&1 \
+    || ! command -v openssl >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

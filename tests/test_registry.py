@@ -571,12 +571,6 @@ def test_malformed_credentials(
     observe(f"{kind}: {type(info.value).__name__}: {info.value.message.strip()}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: an ImageProxyConfig whose auth_data is a file object works for one proxy"
-    " only; the file is read to its end when the first proxy starts, and the next proxy gets an"
-    " empty auth file (skopeo: 'unmarshaling JSON ... unexpected end of JSON input')",
-)
 def test_auth_data_file_config_reused(
     auth_registry: Registry, auth_image: RegistryImage, tmp_path: Path, files: list[Any]
 ) -> None:
