@@ -98,7 +98,9 @@ def _fetch_all(proxy: ImageProxy, relay: Relay, image: RegistryImage) -> None:
     with proxy.open_image(_ref(relay, image)) as img:
         digest, manifest = proxy.fetch_manifest(img)
         assert digest == image.image.manifest_digest
-        assert proxy.fetch_config_raw(img) == image.image.config
+        # GetFullConfig re-serialises an OCI config: the exact bytes come from GetBlob.
+        assert [str(d) for d in proxy.fetch_config(img).rootfs.diff_ids] == image.image.diff_ids
+        assert _read_blob(proxy, img, manifest.config) == image.image.config
         for layer in manifest.layers:
             assert _read_blob(proxy, img, layer) == expected[str(layer.digest)]
 
@@ -108,7 +110,9 @@ async def _afetch_all(proxy: AsyncImageProxy, relay: Relay, image: RegistryImage
     async with await proxy.open_image(_ref(relay, image)) as img:
         digest, manifest = await proxy.fetch_manifest(img)
         assert digest == image.image.manifest_digest
-        assert await proxy.fetch_config_raw(img) == image.image.config
+        config = await proxy.fetch_config(img)
+        assert [str(d) for d in config.rootfs.diff_ids] == image.image.diff_ids
+        assert await _aread_blob(proxy, img, manifest.config) == image.image.config
         for layer in manifest.layers:
             assert await _aread_blob(proxy, img, layer) == expected[str(layer.digest)]
 
@@ -271,7 +275,8 @@ def test_cut_during_config(relay: Relay, registry_image: RegistryImage, observe:
         elapsed = time.monotonic() - start
         assert info.value.method == "GetFullConfig"
         relay.set_faults()
-        assert proxy.fetch_config_raw(img) == registry_image.image.config
+        config = proxy.fetch_config(img)
+        assert [str(d) for d in config.rootfs.diff_ids] == registry_image.image.diff_ids
     observe(
         f"GetManifest unaffected (cached); GetFullConfig: RequestError after {elapsed:.2f}s"
         f" ({info.value.message}); retry on the same image OK"

@@ -50,17 +50,15 @@ class SyncBackend:
     @staticmethod
     def send(sock: socket.socket, data: bytes) -> None:
         """Send one packet."""
-        sock.settimeout(None)
         sock.send(data)
 
     @staticmethod
     def recv(sock: socket.socket, timeout: float | None) -> tuple[bytes, list[int], bool] | None:
         """Receive one packet with its fds; None when ``timeout`` passes first."""
-        sock.settimeout(timeout)
-        try:
-            return _recv_now(sock)
-        except TimeoutError:
+        # The socket stays in blocking mode: no mode switch on the hot path.
+        if timeout is not None and not SyncBackend.wait_readable(sock.fileno(), timeout):
             return None
+        return _recv_now(sock)
 
     @staticmethod
     def run_blocking(function: Callable[..., _T], *args: Any) -> _T:
@@ -177,9 +175,11 @@ _F_SETPIPE_SZ = 1031
 _PIPE_SIZE = 1 << 20
 
 
-def prepare_pipe(fd: int) -> None:
-    """Make a received pipe non-blocking and, where allowed, larger."""
+def prepare_pipe(fd: int, *, large: bool = False) -> None:
+    """Make a received pipe non-blocking and, for bulk data, larger where allowed."""
     os.set_blocking(fd, False)
+    if not large:
+        return
     try:
         import fcntl
 

@@ -738,7 +738,7 @@ class AsyncImageProxy:
         reply = await channel.call("GetBlob", [handle, str(digest), size])
         (fd,) = reply.fds
         try:
-            prepare_pipe(fd)
+            prepare_pipe(fd, large=True)
             actual = proto.blob_size("GetBlob", reply.value)
         except BaseException:
             os.close(fd)
@@ -782,7 +782,7 @@ class AsyncImageProxy:
         reply = await self._live().call("GetRawBlob", [handle, str(digest)])
         data_fd, error_fd = reply.fds
         try:
-            prepare_pipe(data_fd)
+            prepare_pipe(data_fd, large=True)
             prepare_pipe(error_fd)
             actual = proto.blob_size("GetRawBlob", reply.value)
             if size is not None and actual not in (-1, size):

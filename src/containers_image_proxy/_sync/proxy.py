@@ -734,7 +734,7 @@ class ImageProxy:
         reply = channel.call("GetBlob", [handle, str(digest), size])
         (fd,) = reply.fds
         try:
-            prepare_pipe(fd)
+            prepare_pipe(fd, large=True)
             actual = proto.blob_size("GetBlob", reply.value)
         except BaseException:
             os.close(fd)
@@ -778,7 +778,7 @@ class ImageProxy:
         reply = self._live().call("GetRawBlob", [handle, str(digest)])
         data_fd, error_fd = reply.fds
         try:
-            prepare_pipe(data_fd)
+            prepare_pipe(data_fd, large=True)
             prepare_pipe(error_fd)
             actual = proto.blob_size("GetRawBlob", reply.value)
             if size is not None and actual not in (-1, size):

@@ -1,0 +1,570 @@
+"""Benchmarks: each case against its alternatives, side by side in the same run.
+
+    python bench/run.py                 # default sizes, a few minutes on 2 cores
+    python bench/run.py --smoke         # tiny sizes, seconds: checks that the suite works
+    python bench/run.py --blob-mib 256 --layers 4 --layer-mib 32 --repeat 5
+
+Prints a table of ratios (case, ours, alternative, ratio, goal, met) and writes the
+results as JSON and a PNG chart to bench/results/ (to a temporary directory with
+--smoke). Images are built by the suite itself; nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from registry import Registry  # noqa: E402
+from relay import Relay  # noqa: E402
+
+from containers_image_proxy import AsyncImageProxy, ImageProxy, pull  # noqa: E402
+
+MiB = 1 << 20
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _write_blob(root: Path, data_chunks: Iterator[bytes]) -> tuple[str, int]:
+    hasher = hashlib.sha256()
+    size = 0
+    tmp = root / "blobs" / "sha256" / ".tmp"
+    with tmp.open("wb") as f:
+        for chunk in data_chunks:
+            hasher.update(chunk)
+            f.write(chunk)
+            size += len(chunk)
+    digest = hasher.hexdigest()
+    tmp.rename(root / "blobs" / "sha256" / digest)
+    return f"sha256:{digest}", size
+
+
+def build_layout(root: Path, layer_sizes: list[int], seed: int = 0) -> dict[str, Any]:
+    """An OCI layout with incompressible layers of the given sizes (not valid tar: no
+    consumer here unpacks them)."""
+    (root / "blobs" / "sha256").mkdir(parents=True)
+    layers = []
+    for n, size in enumerate(layer_sizes):
+
+        def chunks(size: int = size, n: int = n) -> Iterator[bytes]:
+            key = f"{seed}-{n}".encode()
+            done = 0
+            while done < size:
+                piece = min(8 * MiB, size - done)
+                yield hashlib.shake_256(key + done.to_bytes(8, "big")).digest(piece)
+                done += piece
+
+        digest, size = _write_blob(root, chunks())
+        layers.append(
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": size}
+        )
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [layer["digest"] for layer in layers]},
+        }
+    ).encode()
+    config_digest, _ = _write_blob(root, iter([config]))
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest,
+                "size": len(config),
+            },
+            "layers": layers,
+        }
+    ).encode()
+    manifest_digest, _ = _write_blob(root, iter([manifest]))
+    (root / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    (root / "index.json").write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "digest": manifest_digest,
+                        "size": len(manifest),
+                        "annotations": {"org.opencontainers.image.ref.name": "latest"},
+                    }
+                ],
+            }
+        )
+    )
+    return {"ref": f"oci:{root}:latest", "layers": layers}
+
+
+# --------------------------------------------------------------------------- the floor
+
+
+class RawClient:
+    """The least a client can do: the protocol by hand, no checks, no objects."""
+
+    def __init__(self) -> None:
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.proc = subprocess.Popen(
+            ["skopeo", "experimental-image-proxy"], stdin=theirs, stderr=subprocess.DEVNULL
+        )
+        theirs.close()
+        self.call("Initialize", [])
+
+    def call(self, method: str, args: list[Any]) -> tuple[Any, int, list[int]]:
+        self.sock.send(json.dumps({"method": method, "args": args}).encode())
+        data, fds, _, _ = socket.recv_fds(self.sock, 32 * 1024, 2)
+        reply = json.loads(data)
+        if not reply["success"]:
+            raise RuntimeError(reply["error"])
+        return reply["value"], reply["pipeid"], fds
+
+    def read_piped(self, pipeid: int, fd: int) -> bytes:
+        self.sock.send(json.dumps({"method": "FinishPipe", "args": [pipeid]}).encode())
+        chunks = []
+        while chunk := os.read(fd, MiB):
+            chunks.append(chunk)
+        os.close(fd)
+        socket.recv_fds(self.sock, 32 * 1024, 2)
+        return b"".join(chunks)
+
+    def splice_blob(self, handle: int, digest: str, size: int, out: int) -> None:
+        _, pipeid, (fd,) = self.call("GetBlob", [handle, digest, size])
+        left = size
+        while left:
+            left -= os.splice(fd, out, left)
+        self.read_piped(pipeid, fd)
+
+    def close(self) -> None:
+        self.sock.close()
+        self.proc.wait()
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclasses.dataclass
+class Row:
+    case: str
+    ours_name: str
+    ours: float
+    other_name: str
+    other: float
+    unit: str
+    higher_is_better: bool
+    goal: float | None  # on the ratio ours/other (or other/ours when lower is better)
+    least: float = 1e-9  # values below this count as this much in the ratio
+
+    @property
+    def ratio(self) -> float:
+        if self.higher_is_better:
+            return self.ours / self.other
+        return self.other / max(self.ours, self.least)
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.goal is None else self.ratio >= self.goal
+
+
+def best(repeat: int, run: Callable[[], None]) -> float:
+    """Best wall-clock seconds of ``repeat`` runs."""
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def case_stream(image: dict[str, Any], repeat: int) -> list[Row]:
+    layer = image["layers"][0]
+    digest, size = layer["digest"], layer["size"]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    results: dict[str, float] = {}
+    try:
+        raw = RawClient()
+        handle, _, _ = raw.call("OpenImage", [image["ref"]])
+        results["floor: raw GetBlob + os.splice"] = best(
+            repeat, lambda: raw.splice_blob(handle, digest, size, devnull)
+        )
+        raw.close()
+
+        with ImageProxy() as proxy, proxy.open_image(image["ref"]) as img:
+
+            def blocking_splice() -> None:
+                with proxy.get_blob(img, digest, size) as blob:
+                    blob.copy_to(devnull)
+
+            def blocking_readinto() -> None:
+                buffer = bytearray(MiB)
+                with proxy.get_blob(img, digest, size) as blob:
+                    while count := blob.readinto(buffer):
+                        os.write(devnull, memoryview(buffer)[:count])
+
+            results["blocking copy_to (splice)"] = best(repeat, blocking_splice)
+            results["blocking readinto, reused 1 MiB buffer"] = best(repeat, blocking_readinto)
+
+        async def async_run() -> float:
+            async with AsyncImageProxy() as proxy, await proxy.open_image(image["ref"]) as img:
+
+                async def once() -> None:
+                    async with await proxy.get_blob(img, digest, size) as blob:
+                        await blob.copy_to(devnull)
+
+                times = []
+                for _ in range(repeat):
+                    started = time.perf_counter()
+                    await once()
+                    times.append(time.perf_counter() - started)
+                return min(times)
+
+        results["async copy_to (splice)"] = asyncio.run(async_run())
+
+        def skopeo_copy() -> None:
+            with tempfile.TemporaryDirectory(dir=HERE) as out:
+                subprocess.run(
+                    ["skopeo", "copy", "--quiet", image["ref"], f"dir:{out}/img"], check=True
+                )
+
+        results["skopeo copy to dir:"] = best(repeat, skopeo_copy)
+    finally:
+        os.close(devnull)
+    mb = size / MiB
+    rate = {name: mb / seconds for name, seconds in results.items()}
+    floor = "floor: raw GetBlob + os.splice"
+    rows = [
+        Row(
+            f"1. stream {mb:.0f} MiB blob",
+            name,
+            rate[name],
+            floor,
+            rate[floor],
+            "MiB/s",
+            True,
+            0.95,
+        )
+        for name in (
+            "blocking copy_to (splice)",
+            "async copy_to (splice)",
+            "blocking readinto, reused 1 MiB buffer",
+        )
+    ]
+    rows.append(
+        Row(
+            f"1. stream {mb:.0f} MiB blob",
+            "blocking copy_to (splice)",
+            rate["blocking copy_to (splice)"],
+            "skopeo copy to dir:",
+            rate["skopeo copy to dir:"],
+            "MiB/s",
+            True,
+            None,
+        )
+    )
+    return rows
+
+
+def case_round_trips(image: dict[str, Any], calls: int) -> list[Row]:
+    raw = RawClient()
+    handle, _, _ = raw.call("OpenImage", [image["ref"]])
+    started = time.perf_counter()
+    for _ in range(calls):
+        _, pipeid, (fd,) = raw.call("GetManifest", [handle])
+        raw.read_piped(pipeid, fd)
+    floor = (time.perf_counter() - started) / calls * 1e6
+    raw.close()
+
+    with ImageProxy() as proxy, proxy.open_image(image["ref"]) as img:
+        started = time.perf_counter()
+        for _ in range(calls):
+            proxy.fetch_manifest_raw_oci(img)
+        blocking = (time.perf_counter() - started) / calls * 1e6
+
+    async def async_run() -> float:
+        async with AsyncImageProxy() as proxy, await proxy.open_image(image["ref"]) as img:
+            started = time.perf_counter()
+            for _ in range(calls):
+                await proxy.fetch_manifest_raw_oci(img)
+            return (time.perf_counter() - started) / calls * 1e6
+
+    asynchronous = asyncio.run(async_run())
+    name = f"2. {calls} GetManifest round trips"
+    return [
+        Row(name, "blocking", blocking, "floor: raw socket loop", floor, "us/call", False, 1 / 1.2),
+        Row(
+            name, "async", asynchronous, "floor: raw socket loop", floor, "us/call", False, 1 / 1.2
+        ),
+    ]
+
+
+def case_pull(image: dict[str, Any], work: Path, bandwidth: float, latency: float) -> list[Row]:
+    total = sum(layer["size"] for layer in image["layers"]) / MiB
+    with Registry(work / "registry") as registry:
+        registry.push(image["ref"], "bench/image", "latest")
+        with Relay(registry.host, bandwidth=bandwidth, latency=latency) as relay:
+            ref = f"docker://{relay.address}/bench/image:latest"
+            from containers_image_proxy import ImageProxyConfig
+
+            config = ImageProxyConfig(insecure_skip_tls_verification=True)
+            seconds: dict[str, float] = {}
+            for label, jobs in (
+                ("one at a time (jobs=1)", 1),
+                ("parallel, one proxy (jobs=4)", 4),
+                ("pool of 2 proxies (jobs=8)", 8),
+            ):
+                dest = work / f"pull-{jobs}"
+                started = time.perf_counter()
+                pull(ref, dest, config=config, jobs=jobs)
+                seconds[label] = time.perf_counter() - started
+                shutil.rmtree(dest)
+            started = time.perf_counter()
+            subprocess.run(
+                [
+                    "skopeo",
+                    "copy",
+                    "--quiet",
+                    "--src-tls-verify=false",
+                    ref,
+                    f"oci:{work / 'skopeo-pull'}:latest",
+                ],
+                check=True,
+            )
+            seconds["skopeo copy docker:// oci:"] = time.perf_counter() - started
+            shutil.rmtree(work / "skopeo-pull")
+    name = (
+        f"3. pull {len(image['layers'])} x {image['layers'][0]['size'] / MiB:.0f} MiB,"
+        f" {bandwidth / MiB:.0f} MiB/s per connection, +{latency * 1000:.0f} ms"
+    )
+    rate = {label: total / s for label, s in seconds.items()}
+    one = "one at a time (jobs=1)"
+    rows = [
+        Row(name, label, rate[label], one, rate[one], "MiB/s", True, 3.0)
+        for label in ("parallel, one proxy (jobs=4)", "pool of 2 proxies (jobs=8)")
+    ]
+    skopeo = "skopeo copy docker:// oci:"
+    rows += [
+        Row(name, label, rate[label], skopeo, rate[skopeo], "MiB/s", True, 1.0)
+        for label in ("parallel, one proxy (jobs=4)", "pool of 2 proxies (jobs=8)")
+    ]
+    return rows
+
+
+def _child_peak(args: list[str]) -> int:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True
+    ).stdout
+    return int(out.strip().splitlines()[-1])
+
+
+def child_main(args: list[str]) -> None:
+    """Run one workload in this (fresh) process; print its peak RSS in bytes."""
+    kind, ref, *rest = args
+    if kind == "baseline":
+        with ImageProxy() as proxy, proxy.open_image(ref) as img:
+            proxy.fetch_manifest(img)
+    elif kind == "stream":
+        digest, size = rest[0], int(rest[1])
+        with open(os.devnull, "wb") as sink, ImageProxy() as proxy, proxy.open_image(ref) as img:
+            with proxy.get_blob(img, digest, size) as blob:
+                blob.copy_to(sink)
+            with proxy.get_blob(img, digest, size) as blob:
+                while blob.read(MiB):
+                    pass
+    elif kind == "pull":
+        from containers_image_proxy import ImageProxyConfig
+
+        with tempfile.TemporaryDirectory() as dest:
+            pull(ref, dest, config=ImageProxyConfig(insecure_skip_tls_verification=True), jobs=8)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def case_memory(stream_image: dict[str, Any], pull_image: dict[str, Any], work: Path) -> list[Row]:
+    layer = stream_image["layers"][0]
+    baseline = _child_peak(["baseline", stream_image["ref"]])
+    streaming = _child_peak(["stream", stream_image["ref"], layer["digest"], str(layer["size"])])
+    with Registry(work / "registry-mem") as registry:
+        ref = registry.push(pull_image["ref"], "bench/mem", "latest")
+        pulling = _child_peak(["pull", ref])
+    rows = []
+    for label, peak in (
+        ("stream the big blob (splice and read)", streaming),
+        ("pull the layered image, jobs=8", pulling),
+    ):
+        above = (peak - baseline) / MiB
+        # Goal: under 64 MiB above the interpreter's baseline; ratio = 64 / measured.
+        rows.append(
+            Row(
+                "4. peak RSS above baseline",
+                label,
+                above,
+                "budget",
+                64.0,
+                "MiB",
+                False,
+                1.0,
+                least=1.0,
+            )
+        )
+    return rows
+
+
+def case_startup(cycles: int) -> list[Row]:
+    started = time.perf_counter()
+    for _ in range(cycles):
+        subprocess.run(["skopeo", "--version"], check=True, capture_output=True)
+    floor = cycles / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for _ in range(cycles):
+        ImageProxy().open().finalize()
+    ours = cycles / (time.perf_counter() - started)
+    return [
+        Row(
+            "5. start-up",
+            "spawn + Initialize + finalize",
+            ours,
+            "skopeo --version",
+            floor,
+            "per s",
+            True,
+            0.8,
+        )
+    ]
+
+
+# --------------------------------------------------------------------------- report
+
+
+def table(rows: list[Row]) -> str:
+    head = ("case", "ours", "value", "alternative", "value", "ratio", "goal", "met")
+    lines = [head]
+    for r in rows:
+        lines.append(
+            (
+                r.case,
+                r.ours_name,
+                f"{r.ours:.1f} {r.unit}",
+                r.other_name,
+                f"{r.other:.1f} {r.unit}",
+                f"{r.ratio:.2f}",
+                "-" if r.goal is None else f">= {r.goal:.2f}",
+                "-" if r.met is None else ("yes" if r.met else "NO"),
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    out = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |"
+        for line in lines
+    ]
+    out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(out)
+
+
+def chart(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.case}\n{r.ours_name} vs {r.other_name}" for r in rows]
+    ratios = [r.ratio for r in rows]
+    colors = ["tab:gray" if r.met is None else ("tab:green" if r.met else "tab:red") for r in rows]
+    fig, ax = plt.subplots(figsize=(11, 0.55 * len(rows) + 1.5))
+    ax.barh(range(len(rows)), ratios, color=colors)
+    for i, r in enumerate(rows):
+        if r.goal is not None:
+            ax.plot([r.goal, r.goal], [i - 0.4, i + 0.4], color="black", linewidth=2)
+        ax.text(r.ratio, i, f" {r.ratio:.2f}", va="center", fontsize=8)
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("ratio (higher is better; black mark = goal)")
+    ax.set_title(f"containers-image-proxy benchmarks ({os.cpu_count()} cores)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child_main(sys.argv[2:])
+        return 0
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: check the suite works")
+    parser.add_argument("--blob-mib", type=int, default=1024, help="case 1 and 4 blob size")
+    parser.add_argument("--calls", type=int, default=2000, help="case 2 round trips")
+    parser.add_argument("--layers", type=int, default=8, help="case 3 layer count")
+    parser.add_argument("--layer-mib", type=int, default=64, help="case 3 layer size")
+    parser.add_argument("--bandwidth-mib", type=float, default=32, help="case 3 cap per connection")
+    parser.add_argument("--latency-ms", type=float, default=10, help="case 3 added latency")
+    parser.add_argument("--cycles", type=int, default=20, help="case 5 start-ups")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per variant (best is kept)")
+    parser.add_argument("--out", type=Path, default=None, help="where JSON and PNG go")
+    args = parser.parse_args()
+    if args.smoke:
+        args.blob_mib, args.calls, args.layers, args.layer_mib = 4, 50, 2, 1
+        args.cycles, args.repeat, args.bandwidth_mib, args.latency_ms = 2, 1, 64, 1
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cip-bench-", dir=HERE)))
+        out = args.out or (work / "results" if args.smoke else HERE / "results")
+        out.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        big = build_layout(work / "big", [args.blob_mib * MiB])
+        layered = build_layout(work / "layered", [args.layer_mib * MiB] * args.layers, seed=1)
+        rows: list[Row] = []
+        rows += case_stream(big, args.repeat)
+        rows += case_round_trips(layered, args.calls)
+        rows += case_pull(layered, work, args.bandwidth_mib * MiB, args.latency_ms / 1000)
+        rows += case_memory(big, layered, work)
+        rows += case_startup(args.cycles)
+        elapsed = time.monotonic() - started
+        text = table(rows)
+        print(text)
+        print(
+            f"\n{os.cpu_count()} cores, {platform.python_implementation()} "
+            f"{platform.python_version()}, {_skopeo_version()}, {elapsed:.0f} s"
+        )
+        result = {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "skopeo": _skopeo_version(),
+            "seconds": elapsed,
+            "options": {k: v for k, v in vars(args).items() if k != "out"},
+            "rows": [dataclasses.asdict(r) | {"ratio": r.ratio, "met": r.met} for r in rows],
+            "table": text,
+        }
+        (out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        chart(rows, out / "results.png")
+        print(f"wrote {out / 'results.json'} and {out / 'results.png'}")
+        return 0
+
+
+def _skopeo_version() -> str:
+    return subprocess.run(["skopeo", "--version"], capture_output=True, text=True).stdout.strip()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
