@@ -138,7 +138,9 @@ class _Connection:
             self._read(self.upstream, to_client),
             self._write(to_client, self.client, downstream=True),
         ):
-            self.tasks.append(loop.create_task(coro))
+            task = loop.create_task(coro)
+            task.add_done_callback(self.relay._check_task)
+            self.tasks.append(task)
 
     async def _read(self, src: socket.socket, pipe: _Pipe) -> None:
         loop = asyncio.get_running_loop()
@@ -164,6 +166,8 @@ class _Connection:
             while True:
                 while not pipe.chunks:
                     if pipe.eof:
+                        if self.stalled:  # a black hole forwards no FIN either
+                            await asyncio.Event().wait()
                         await self._finish_direction(dst)
                         return
                     pipe.changed.clear()
@@ -276,6 +280,8 @@ class Relay:
         self.cuts = 0
         self._active: set[_Connection] = set()
         self._pending: set[asyncio.Task[None]] = set()
+        #: Unexpected exceptions in the relay's own tasks; close() raises the first.
+        self.errors: list[BaseException] = []
         self._closed = False
 
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -336,6 +342,8 @@ class Relay:
             self._thread.join(timeout=10)
         self._loop.close()
         self._listener.close()
+        if self.errors:
+            raise RuntimeError(f"the relay failed: {self.errors[0]!r}") from self.errors[0]
 
     def __enter__(self) -> Self:
         return self
@@ -359,6 +367,7 @@ class Relay:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._accepting = self._loop.create_task(self._accept())
+        self._accepting.add_done_callback(self._check_task)
         self._loop.call_soon(self._ready.set)
         self._loop.run_forever()
 
@@ -366,6 +375,15 @@ class Relay:
         task = self._loop.create_task(coro)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+        task.add_done_callback(self._check_task)
+
+    def _check_task(self, task: asyncio.Task[None]) -> None:
+        # A bug in the relay must not pass silently: close() raises it.
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            self.errors.append(error)
 
     async def _accept(self) -> None:
         loop = asyncio.get_running_loop()

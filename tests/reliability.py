@@ -78,7 +78,9 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if row is None:
         return
     if report.when == "call" or report.failed or report.skipped:
-        if report.skipped:
+        if hasattr(report, "wasxfail"):
+            row.outcome = "xfailed (known bug)" if report.skipped else "XPASS"
+        elif report.skipped:
             row.outcome = "skipped"
         elif report.failed:
             row.outcome = "FAILED"

@@ -33,7 +33,6 @@ from containers_image_proxy import (
     ImageProxyConfig,
     ImageProxyError,
     OpenedImage,
-    ProtocolError,
     ProxyExitedError,
     ProxyFailedError,
     RequestError,
@@ -368,6 +367,8 @@ def test_stall_during_open_finalize(
     assert isinstance(finalize_time, float)
     assert finalize_time < 15
     raised = closing[0] if len(closing) > 1 else None
+    assert raised is None  # stopping a proxy stuck in a request is not its failure
+    assert finalize_time < 8
     observe(
         f"OpenImage blocks (no client timeout by design; containers/image waits forever);"
         f" finalize() from another thread 1s later took {finalize_time:.2f}s"
@@ -401,7 +402,8 @@ async def test_stall_during_open_finalize_async(
         elapsed = time.monotonic() - start
     assert not hung.is_set()
     assert info.value.method == "OpenImage"
-    assert finalize_time < 15
+    assert raised is None
+    assert finalize_time < 8
     observe(
         f"finalize() while OpenImage is stuck took {finalize_time:.2f}s and raised"
         f" {type(raised).__name__ if raised else 'nothing'}; OpenImage raised"
@@ -410,16 +412,6 @@ async def test_stall_during_open_finalize_async(
 
 
 @pytest.mark.reliability("fault", "cancelling a stuck OpenImage (asyncio) keeps the proxy sane")
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "src bug: a request cancelled while awaiting its reply (e.g. asyncio.wait_for)"
-        " leaves the reply in the socket: the next request receives the previous one's"
-        " reply (open_image(B) returns A's handle labelled B, then ProtocolError)."
-        " _AsyncChannel.call/receive should break the channel (or discard the orphan"
-        " reply) when cancelled between send and receive."
-    ),
-)
 async def test_cancelled_open_image_async(
     relay: Relay,
     registry_image: RegistryImage,
@@ -432,17 +424,12 @@ async def test_cancelled_open_image_async(
             await asyncio.wait_for(proxy.open_image(_ref(relay, big_registry_image)), 0.5)
         relay.set_faults()
         await asyncio.sleep(1.5)  # the cancelled OpenImage has been answered by now
-        try:
-            img = await asyncio.wait_for(proxy.open_image(_ref(relay, registry_image)), 10)
-            digest, _ = await asyncio.wait_for(proxy.fetch_manifest(img), 10)
-        except ImageProxyError as exc:
-            observe(f"after the cancel: {type(exc).__name__}: {exc}")
-            # A clear "the proxy is unusable" error would be acceptable; a reply meant
-            # for another request is not.
-            assert not isinstance(exc, ProtocolError)
-        else:
-            observe(f"after the cancel: open + GetManifest returned {digest}")
-            assert digest == registry_image.image.manifest_digest
+        # The cancelled request's reply is discarded: the next ones get their own.
+        img = await asyncio.wait_for(proxy.open_image(_ref(relay, registry_image)), 10)
+        digest, _ = await asyncio.wait_for(proxy.fetch_manifest(img), 10)
+        observe(f"after the cancel: open + GetManifest returned the right digest {digest}")
+        assert digest == registry_image.image.manifest_digest
+        assert img.reference == _ref(relay, registry_image)
 
 
 # --------------------------------------------------------------------------- SIGKILL
@@ -589,4 +576,5 @@ async def test_kill_async(
     _check_killed(info.value, method)
     assert elapsed < 5
     await _afinalize_after_kill(proxy)
-    observe(f"kill during {when}: ProxyExitedError after {elapsed:.2f}s: {info.value}")
+    moment = "between requests" if when == "between" else f"during {when}"
+    observe(f"kill {moment}: ProxyExitedError after {elapsed:.2f}s: {info.value}")

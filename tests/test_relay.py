@@ -116,7 +116,7 @@ def _connect(relay: Relay, timeout: float = 5.0, request: bool = False) -> socke
 
 def _recv_all(sock: socket.socket) -> tuple[bytes, str]:
     """Everything until the end; and how it ended ("eof", "reset" or "timeout")."""
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         try:
             chunk = sock.recv(1 << 20)
@@ -157,7 +157,12 @@ def test_pass_through_is_exact(serve: Server) -> None:
 def test_echo_both_directions(echo: Server) -> None:
     message = random_bytes(300_000, seed=5)
     with Relay(f"127.0.0.1:{echo.port}") as relay, _connect(relay) as sock:
-        sender = threading.Thread(target=lambda: (sock.sendall(message), sock.shutdown(1)))
+
+        def send() -> None:
+            sock.sendall(message)
+            sock.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
         sender.start()
         data, end = _recv_all(sock)
         sender.join()
@@ -249,6 +254,8 @@ def test_stall_after_delivers_n_bytes_then_nothing(serve: Server, n: int) -> Non
             data, end = _recv_all(sock)
             assert (data, end) == (PAYLOAD[:n], "timeout")
             assert relay.active_connections == 1  # still open
+            # Stalled from the start: not even the request went through.
+            assert relay.bytes_up == (0 if n == 0 else len(REQUEST))
             relay.set_faults()  # a stalled connection stays stalled
             data, end = _recv_all(sock)
             assert (data, end) == (b"", "timeout")

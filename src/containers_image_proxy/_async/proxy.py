@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Self
 from .. import _protocol as proto
 from .._backends import AsyncBackend as Backend
 from .._backends import AsyncStreamBase as StreamBase
-from .._backends import prepare_pipe
+from .._backends import SyncBackend, prepare_pipe
 from .._image import OpenedImage
 from .._process import ChildProcess, socket_pair
 from ..config import ImageProxyConfig, build_command
@@ -28,6 +28,7 @@ from ..errors import (
     BusyError,
     ClosedError,
     ImageProxyError,
+    ProtocolError,
     ProxyExitedError,
     ProxyFailedError,
     RequestError,
@@ -57,7 +58,7 @@ _log = logging.getLogger("containers_image_proxy")
 _CHUNK = 256 * 1024
 _COPY_CHUNK = 1 << 20
 _EXIT_WAIT = 5.0
-_SHUTDOWN_WAIT = 10.0
+_SHUTDOWN_WAIT = 5.0
 
 
 async def _read_into(fd: int, view: memoryview, timeout: float | None, what: str) -> int:
@@ -109,6 +110,10 @@ class _AsyncChannel:
         self.stall = stall
         self.lock = Backend.Lock()
         self.failure: ImageProxyError | None = None
+        #: Requests sent whose replies have not been received yet. Above zero when
+        #: a caller gave up waiting (a cancelled task, an interrupt): the replies
+        #: still come, in order, and are discarded before the next request.
+        self.unanswered = 0
 
     def check(self) -> None:
         if self.failure is not None:
@@ -128,10 +133,21 @@ class _AsyncChannel:
         """Send a request; ``label`` names the operation in errors (default: ``method``)."""
         self.check()
         data = proto.encode_request(method, args)
+        while self.unanswered:
+            await self.discard_reply(label or method)
         try:
             await Backend.send(self.sock, data)
         except OSError:
             raise await self.died(label or method) from None
+        self.unanswered += 1
+
+    async def discard_reply(self, label: str) -> None:
+        """Receive and drop the reply to a request whose caller gave up on it."""
+        try:
+            reply = await self.receive("(abandoned request)", label=label)
+        except (RequestError, ProtocolError):
+            return
+        proto.close_fds(reply.fds)
 
     async def receive(
         self, method: str, timeout: float | None = None, label: str = ""
@@ -149,6 +165,7 @@ class _AsyncChannel:
         data, fds, truncated = packet
         if not data and not fds:
             raise await self.died(label or method)
+        self.unanswered -= 1
         return proto.decode_reply(method, data, fds, truncated)
 
     async def send_finish(self, pipeid: int, method: str) -> None:
@@ -247,8 +264,9 @@ class AsyncBlobStream(StreamBase):
         """Write the rest of the blob to ``out`` (a descriptor or a binary file).
 
         Returns how many bytes were written. ``progress`` is called with the size of
-        each piece as it is written. Errors are raised as by :meth:`read`; nothing
-        that fails verification is reported as a success.
+        each piece as it is written (from a worker thread when the asyncio client
+        splices a blob). Errors are raised as by :meth:`read`; nothing that fails
+        verification is reported as a success.
         """
         if self._closed:
             raise ClosedError(f"blob {self.digest} is closed")
@@ -385,26 +403,38 @@ class AsyncBlob(AsyncBlobStream):
         return count
 
     async def _copy(self, fd: int, progress: Callable[[int], object] | None) -> int:
-        # Known size: splice moves the data from the pipe to ``fd`` inside the kernel.
-        # The proxy verifies size and digest, and says so through FinishPipe.
+        # Known size: splice moves the data from the pipe to ``fd`` inside the kernel,
+        # in a worker thread under asyncio (one wake-up per chunk costs too much on a
+        # loop). The proxy verifies size and digest, and says so through FinishPipe.
         if not self._known or self._fds is None or self._transfer.received:
             return await super()._copy(fd, progress)
+        try:
+            total = await Backend.run_blocking(self._splice_to, fd, progress)
+        except StallTimeoutError:
+            self._abandon()
+            raise
+        if total < 0:  # the destination does not take splice (e.g. O_APPEND)
+            return await super()._copy(fd, progress)
+        await self._finish()
+        return total
+
+    def _splice_to(self, fd: int, progress: Callable[[int], object] | None) -> int:
+        """Splice the rest of the data into ``fd``, blocking; -1 if ``fd`` refuses splice."""
+        assert self._fds is not None
         (source,) = self._fds
         total = 0
-        what = f"blob {self.digest}"
         while (remaining := self._transfer.remaining() or 0) > 0:
             try:
                 count = os.splice(source, fd, remaining)
             except BlockingIOError:
-                if not await Backend.wait_readable(source, self._channel.stall):
-                    self._abandon()
+                if not SyncBackend.wait_readable(source, self._channel.stall):
                     raise StallTimeoutError(
-                        f"{what}: no data arrived for {self._channel.stall} seconds"
+                        f"blob {self.digest}: no data arrived for {self._channel.stall} seconds"
                     ) from None
                 continue
             except OSError as exc:
                 if total == 0 and exc.errno in (errno.EINVAL, errno.ENOSYS):
-                    return await super()._copy(fd, progress)  # e.g. an O_APPEND file
+                    return -1
                 raise
             if count == 0:
                 break
@@ -412,7 +442,6 @@ class AsyncBlob(AsyncBlobStream):
             total += count
             if progress is not None:
                 progress(count)
-        await self._finish()
         return total
 
     async def _read_unknown(self, fd: int, view: memoryview) -> int:
@@ -829,7 +858,11 @@ class AsyncImageProxy:
                 pass
             returncode = await Backend.run_blocking(child.wait, _SHUTDOWN_WAIT)
             if returncode is None:
-                returncode = await Backend.run_blocking(child.stop, 1.0)
+                # Busy with a request that does not end (a stalled registry): the
+                # proxy cannot read Shutdown, so it is stopped; that is not its failure.
+                _log.warning("skopeo pid=%d did not shut down; terminating it", child.pid)
+                await Backend.run_blocking(child.stop, 1.0)
+                return
         finally:
             channel.sock.close()
             child.close_private_files()

@@ -1,0 +1,1024 @@
+"""The ``containers-image-proxy`` command: inspect and fetch images from the shell.
+
+``containers-image-proxy inspect REF`` shows what an image is made of,
+``manifest``, ``config``, ``layers`` and ``blob`` print its parts, and ``pull``
+stores it in an OCI image layout. Any containers/image reference works
+(``docker://``, ``oci:``, ``oci-archive:``, ``docker-archive:``, ``dir:``, ...).
+Options follow skopeo's spelling; they are accepted before or after the command.
+``python -m containers_image_proxy`` runs the same :func:`main`.
+
+Failures end with one line on standard error and an exit status that tells what
+went wrong (``EXIT_*`` below); ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import getpass
+import json
+import logging
+import os
+import re
+import stat
+import sys
+import tempfile
+import threading
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Final, NoReturn
+
+from rich.filesize import decimal as human_size
+
+from ._layout import LayoutError
+from ._sync.proxy import ImageProxy
+from ._sync.pull import pull
+from .config import ImageProxyConfig, build_command
+from .errors import (
+    ConfigurationError,
+    ImageNotFoundError,
+    ImageProxyError,
+    InvalidDigestError,
+    ProxyExitedError,
+    ProxyFailedError,
+    RequestError,
+    SpawnError,
+    VerificationError,
+)
+from .events import BlobFinished, BlobProgress, BlobStarted, PullEvent, PullResult, PullStarted
+from .oci import (
+    MEDIA_TYPE_IMAGE_MANIFEST,
+    Descriptor,
+    Digest,
+    ImageConfiguration,
+    ImageManifest,
+    decode_manifest,
+    encode,
+    parse_digest,
+)
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+__all__ = [
+    "EXIT_AUTH",
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "EXIT_OUTPUT",
+    "EXIT_SPAWN",
+    "EXIT_USAGE",
+    "EXIT_VERIFICATION",
+    "PASSWORD_ENV",
+    "CliError",
+    "PlatformSpec",
+    "ProgressDisplay",
+    "build_parser",
+    "error_message",
+    "exit_code_for",
+    "inspect_data",
+    "main",
+    "make_config",
+    "parse_args",
+    "parse_bool",
+    "parse_platform",
+    "pull_result_json",
+]
+
+PROG: Final = "containers-image-proxy"
+
+#: Success.
+EXIT_OK: Final = 0
+#: Any other failure (also: the output pipe was closed early, e.g. by ``| head``).
+EXIT_ERROR: Final = 1
+#: The command line is wrong (argparse's own status).
+EXIT_USAGE: Final = 2
+#: The image, or a blob asked for, does not exist.
+EXIT_NOT_FOUND: Final = 3
+#: The registry refused the credentials, or asked for some.
+EXIT_AUTH: Final = 4
+#: Data did not match its digest or size.
+EXIT_VERIFICATION: Final = 5
+#: The destination (a layout, an output file, standard output) cannot be written.
+EXIT_OUTPUT: Final = 6
+#: skopeo is missing or failed to start.
+EXIT_SPAWN: Final = 7
+#: Interrupted (Ctrl-C).
+EXIT_INTERRUPTED: Final = 130
+
+#: Environment variable that may hold the password for ``--username``.
+PASSWORD_ENV: Final = "CONTAINERS_IMAGE_PROXY_PASSWORD"
+
+EPILOG: Final = f"""\
+references:
+  docker://quay.io/fedora/fedora:latest, oci:DIR[:TAG], oci-archive:FILE[:TAG],
+  docker-archive:FILE[:NAME:TAG], dir:DIR, containers-storage:NAME, ...
+
+credentials:
+  --username USER takes its password from --password-stdin (one line), else from
+  ${PASSWORD_ENV}, else from a prompt when standard input is a terminal.
+  Passwords are never accepted as command-line arguments.
+
+exit status:
+  {EXIT_OK}  success
+  {EXIT_ERROR}  other error (also: the output pipe was closed early)
+  {EXIT_USAGE}  usage error
+  {EXIT_NOT_FOUND}  image or blob not found
+  {EXIT_AUTH}  authentication failed or required
+  {EXIT_VERIFICATION}  verification failed (digest or size mismatch)
+  {EXIT_OUTPUT}  the destination cannot be written
+  {EXIT_SPAWN}  skopeo is missing or failed to start
+  {EXIT_INTERRUPTED}  interrupted
+"""
+
+_log = logging.getLogger("containers_image_proxy")
+
+_AUTH_FAILURE = re.compile(
+    r"unauthori[sz]ed|authentication required|\b40[13]\b|(?<!permission )denied", re.IGNORECASE
+)
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+class CliError(Exception):
+    """A failure the command reports as ``message`` with exit status ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+# --------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PlatformSpec:
+    """An ``os/arch[/variant]`` platform given with ``--platform``."""
+
+    os: str
+    architecture: str
+    variant: str | None = None
+
+
+def parse_platform(text: str) -> PlatformSpec:
+    """Parse ``os/arch[/variant]``; raises :class:`argparse.ArgumentTypeError`."""
+    parts = text.split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise argparse.ArgumentTypeError(f"expected OS/ARCH[/VARIANT], got {text!r}")
+    return PlatformSpec(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+
+
+def parse_bool(text: str) -> bool:
+    """Parse ``true``/``false`` (also ``1``/``0``, ``yes``/``no``, ``on``/``off``)."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _digest_argument(text: str) -> Digest:
+    if _HEX_DIGEST.fullmatch(text):
+        text = f"sha256:{text}"
+    try:
+        return parse_digest(text)
+    except InvalidDigestError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class _RejectSecret(argparse.Action):
+    """A hidden option that refuses a password given on the command line."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> NoReturn:
+        parser.error(
+            f"{option_string} is not accepted: a password on the command line is visible to"
+            f" other users; use --username with --password-stdin, ${PASSWORD_ENV} or the prompt"
+        )
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    """The options shared by all commands, accepted before and after the command.
+
+    After the command, options have no defaults (``SUPPRESS``) so that they only
+    override what was given before it; repeated keys are collected separately.
+    """
+    default: Any = argparse.SUPPRESS if after_command else None
+    flag_default: Any = argparse.SUPPRESS if after_command else False
+    group = parser.add_argument_group("image access options (skopeo's spelling)")
+    group.add_argument("--authfile", metavar="PATH", default=default, help="auth file to use")
+    group.add_argument(
+        "--no-creds",
+        action="store_true",
+        default=flag_default,
+        help="access registries anonymously",
+    )
+    group.add_argument(
+        "--username", metavar="USER", default=default, help="registry user (see credentials)"
+    )
+    group.add_argument(
+        "--password-stdin",
+        action="store_true",
+        default=flag_default,
+        help="read the password of --username from the first line of standard input",
+    )
+    group.add_argument("--cert-dir", metavar="PATH", default=default, help="registry certificates")
+    group.add_argument(
+        "--tls-verify",
+        metavar="BOOL",
+        nargs="?",
+        const=True,
+        type=parse_bool,
+        default=default,
+        help="verify registries' TLS certificates (default: true)",
+    )
+    group.add_argument(
+        "--decryption-key",
+        metavar="KEY",
+        action="append",
+        dest="decryption_keys_after" if after_command else "decryption_keys",
+        default=default,
+        help="key to decrypt an encrypted image (repeatable)",
+    )
+    group.add_argument(
+        "--platform",
+        metavar="OS/ARCH[/VARIANT]",
+        type=parse_platform,
+        default=default,
+        help="platform to choose from a multi-platform image",
+    )
+    group.add_argument("--override-os", metavar="OS", default=default, help="see --platform")
+    group.add_argument("--override-arch", metavar="ARCH", default=default, help="see --platform")
+    group.add_argument(
+        "--override-variant", metavar="VARIANT", default=default, help="see --platform"
+    )
+    group.add_argument("--policy", metavar="PATH", default=default, help="signature policy file")
+    group.add_argument(
+        "--insecure-policy",
+        action="store_true",
+        default=flag_default,
+        help="run without any signature policy check",
+    )
+    group.add_argument(
+        "--skopeo", metavar="PATH", default=default, help="the skopeo binary (default: skopeo)"
+    )
+    group.add_argument(
+        "--debug",
+        action="store_true",
+        default=flag_default,
+        help="debug logging (skopeo's too) and tracebacks on standard error",
+    )
+    display = group.add_mutually_exclusive_group()
+    display.add_argument(
+        "-q",
+        "--quiet",
+        dest="display",
+        action="store_const",
+        const="quiet",
+        default=default,
+        help="no progress display and no summary",
+    )
+    display.add_argument(
+        "--progress",
+        dest="display",
+        action="store_const",
+        const="progress",
+        default=default,
+        help="show progress even when standard error is not a terminal",
+    )
+    for name in ("--password", "--passwd", "--creds", "--src-creds"):
+        group.add_argument(
+            name, nargs="?", action=_RejectSecret, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``containers-image-proxy`` command."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        usage="%(prog)s [OPTIONS] COMMAND [ARGS]",
+        description="Inspect and fetch container images through skopeo's image proxy.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    _add_global_options(parser, after_command=False)
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    _add_global_options(common, after_command=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(
+        name: str, summary: str, description: str, arguments: str = ""
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            prog=f"{PROG} {name}",
+            usage=f"{PROG} [OPTIONS] {name} [OPTIONS] REF{arguments}",
+            parents=[common],
+            help=summary,
+            description=description,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            allow_abbrev=False,
+        )
+        sub.add_argument("reference", metavar="REF", help="image reference, e.g. oci:DIR:TAG")
+        return sub
+
+    inspect = command(
+        "inspect",
+        "show an image's digest, platform, layers and labels",
+        "Show the digest, media type, platform, creation time, layers and labels of an image."
+        " With --json: one object with the keys reference, digest, manifest_digest (sha256 of"
+        " the OCI manifest), media_type, os, architecture, variant, created, labels, layers"
+        " ([{digest, size, media_type}]), layer_count and total_size (of the layers).",
+    )
+    inspect.add_argument("--json", action="store_true", help="print one JSON object")
+    command(
+        "manifest",
+        "print the image's OCI manifest",
+        "Print the image's manifest as OCI JSON, exactly as the proxy returns it.",
+    )
+    command(
+        "config",
+        "print the image's configuration",
+        "Print the image configuration JSON, exactly as the proxy returns it.",
+    )
+    layers = command(
+        "layers",
+        "list the image's layers",
+        "Print one line per layer: DIGEST SIZE MEDIA_TYPE (SIZE in bytes).",
+    )
+    layers.add_argument("--json", action="store_true", help="print a JSON list")
+    blob = command(
+        "blob",
+        "write one blob (the config or a layer) of the image",
+        "Stream a blob named by the image's manifest (its config or a layer) to FILE"
+        " (written atomically) or to standard output. The proxy verifies its digest and size.",
+        " DIGEST [-o FILE]",
+    )
+    blob.add_argument("digest", metavar="DIGEST", type=_digest_argument, help="blob digest")
+    blob.add_argument(
+        "-o", "--output", metavar="FILE", help="write to FILE instead of standard output"
+    )
+    pull_ = command(
+        "pull",
+        "store the image in an OCI image layout",
+        "Fetch the image into the OCI image layout DEST, usable as oci:DEST:TAG. Blobs"
+        " already there are not fetched again. A one-line summary goes to standard error.",
+        " DEST",
+    )
+    pull_.add_argument("dest", metavar="DEST", help="OCI layout directory (created if needed)")
+    pull_.add_argument("--tag", metavar="TAG", help="tag in DEST (default: the reference's tag)")
+    pull_.add_argument(
+        "-j", "--jobs", metavar="N", type=_positive_int, default=4, help="blobs fetched at once"
+    )
+    pull_.add_argument("--json", action="store_true", help="print the result as JSON")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check a command line; a usage error exits (status 2) as argparse does."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _resolve(parser, args)
+    return args
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("containers-image-proxy")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Merge options given before and after the command, and check how they combine."""
+    after = getattr(args, "decryption_keys_after", None)
+    if after:
+        args.decryption_keys = [*(args.decryption_keys or []), *after]
+    platform: PlatformSpec | None = args.platform
+    if platform is not None:
+        given = [
+            f"--override-{name}"
+            for name in ("os", "arch", "variant")
+            if getattr(args, f"override_{name}") is not None
+        ]
+        if given:
+            parser.error(f"--platform conflicts with {', '.join(given)}")
+        args.override_os = platform.os
+        args.override_arch = platform.architecture
+        args.override_variant = platform.variant
+    if args.override_variant is not None and args.override_arch is None:
+        parser.error("--override-variant needs --override-arch")
+    auth = [
+        name
+        for name, on in (
+            ("--authfile", args.authfile is not None),
+            ("--no-creds", args.no_creds),
+            ("--username", args.username is not None),
+        )
+        if on
+    ]
+    if len(auth) > 1:
+        parser.error(f"{auth[0]} conflicts with {auth[1]}")
+    if args.password_stdin and args.username is None:
+        parser.error("--password-stdin needs --username")
+    if args.policy is not None and args.insecure_policy:
+        parser.error("--policy conflicts with --insecure-policy")
+    try:
+        build_command(make_config(args, password="x" if args.username is not None else None))
+    except ConfigurationError as exc:
+        parser.error(str(exc))
+
+
+def make_config(args: argparse.Namespace, password: str | None) -> ImageProxyConfig:
+    """The proxy configuration the parsed command line ``args`` asks for."""
+    tls_verify: bool | None = args.tls_verify
+    return ImageProxyConfig(
+        authfile=args.authfile,
+        auth_anonymous=args.no_creds,
+        username=args.username,
+        password=password,
+        certificate_directory=args.cert_dir,
+        decryption_keys=args.decryption_keys,
+        insecure_skip_tls_verification=True if tls_verify is False else None,
+        debug=args.debug,
+        skopeo_cmd=[args.skopeo] if args.skopeo is not None else None,
+        policy=args.policy,
+        insecure_policy=args.insecure_policy,
+        override_os=args.override_os,
+        override_arch=args.override_arch,
+        override_variant=args.override_variant,
+    )
+
+
+def _password(args: argparse.Namespace, stdin: IO[str], environ: Mapping[str, str]) -> str | None:
+    if args.username is None:
+        return None
+    if args.password_stdin:
+        line = stdin.readline()
+        if not line:
+            raise CliError("--password-stdin: standard input is empty", EXIT_USAGE)
+        return line.removesuffix("\n").removesuffix("\r")
+    if PASSWORD_ENV in environ:
+        return environ[PASSWORD_ENV]
+    if stdin.isatty():
+        return getpass.getpass(f"Password for {args.username}: ")
+    raise CliError(
+        f"--username needs a password: use --password-stdin or set ${PASSWORD_ENV}", EXIT_USAGE
+    )
+
+
+# --------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------
+
+
+class _OutputClosed(Exception):
+    """Standard output (or an output pipe) was closed by its reader."""
+
+
+def _output_error(what: str, exc: OSError) -> CliError:
+    if isinstance(exc, BrokenPipeError):
+        raise _OutputClosed from exc
+    return CliError(f"cannot write {what}: {exc.strerror or exc}", EXIT_OUTPUT)
+
+
+def _write_stdout(data: bytes | str) -> None:
+    try:
+        if isinstance(data, str):
+            sys.stdout.write(data)
+        else:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    except OSError as exc:
+        _silence_stdout()
+        raise _output_error("to standard output", exc) from exc
+
+
+def _print_json(value: object) -> None:
+    _write_stdout(json.dumps(value, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def _atomic_output(name: str) -> Iterator[BinaryIO]:
+    """A file that replaces ``name`` once the block succeeds (temp file, then rename).
+
+    Devices and FIFOs (``/dev/null``) are written directly; symbolic links are
+    followed, so the file they point to is replaced.
+    """
+    target = Path(os.path.realpath(name))
+    try:
+        existing: os.stat_result | None = target.stat()
+    except FileNotFoundError:
+        existing = None
+    except OSError as exc:
+        raise _output_error(name, exc) from exc
+    if existing is not None and stat.S_ISDIR(existing.st_mode):
+        raise CliError(f"cannot write {name}: it is a directory", EXIT_OUTPUT)
+    if existing is not None and not stat.S_ISREG(existing.st_mode):
+        try:
+            direct = open(target, "wb")  # noqa: SIM115
+        except OSError as exc:
+            raise _output_error(name, exc) from exc
+        with direct:
+            yield direct
+        return
+    if existing is not None:
+        mode = stat.S_IMODE(existing.st_mode)
+    else:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    try:
+        fd, temporary = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=".part", dir=target.parent
+        )
+    except OSError as exc:
+        raise _output_error(name, exc) from exc
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            try:
+                out.flush()
+                os.fsync(out.fileno())
+            except OSError as exc:
+                raise _output_error(name, exc) from exc
+        try:
+            os.chmod(temporary, mode)
+            os.replace(temporary, target)
+        except OSError as exc:
+            raise _output_error(name, exc) from exc
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+# --------------------------------------------------------------------------
+# Progress display
+# --------------------------------------------------------------------------
+
+
+def _short(digest: Digest) -> str:
+    return digest.encoded[:12]
+
+
+class ProgressDisplay:
+    """Draws pull events with rich: one bar per blob being fetched, and a total.
+
+    Callable with :data:`~containers_image_proxy.PullEvent` values, from any thread.
+    The total counts only the bytes that are fetched (skipped blobs are taken off).
+    A finished blob's bar is hidden, unless it is the only one.
+    """
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._lock = threading.Lock()
+        self._tasks: dict[Digest, TaskID] = {}
+        self._received: dict[Digest, int] = {}
+        self._total: TaskID | None = None
+        self._total_bytes = 0
+
+    def __call__(self, event: PullEvent) -> None:
+        """Show ``event``; safe to call from several threads at once."""
+        with self._lock:
+            self._handle(event)
+
+    def _advance(self, digest: Digest, count: int) -> None:
+        task = self._tasks.get(digest)
+        if task is not None:
+            self._received[digest] += count
+            self._progress.advance(task, count)
+        if self._total is not None:
+            self._progress.advance(self._total, count)
+
+    def _handle(self, event: PullEvent) -> None:
+        progress = self._progress
+        if isinstance(event, PullStarted):
+            if len(event.blobs) > 1:
+                self._total_bytes = event.total_bytes
+                self._total = progress.add_task("total", total=self._total_bytes)
+        elif isinstance(event, BlobStarted):
+            digest = event.descriptor.digest
+            if digest not in self._tasks:
+                self._tasks[digest] = progress.add_task(_short(digest), total=event.descriptor.size)
+                self._received[digest] = 0
+        elif isinstance(event, BlobProgress):
+            self._advance(event.descriptor.digest, event.advance)
+        elif isinstance(event, BlobFinished):
+            descriptor = event.descriptor
+            if event.skipped:
+                if self._total is not None:
+                    self._total_bytes = max(0, self._total_bytes - descriptor.size)
+                    progress.update(self._total, total=self._total_bytes)
+                return
+            missing = descriptor.size - self._received.get(descriptor.digest, descriptor.size)
+            if missing > 0:
+                self._advance(descriptor.digest, missing)
+            task = self._tasks.pop(descriptor.digest, None)
+            self._received.pop(descriptor.digest, None)
+            if task is not None:
+                progress.update(task, visible=self._total is None)
+
+
+@contextlib.contextmanager
+def _progress_display(args: argparse.Namespace) -> Iterator[Callable[[PullEvent], None] | None]:
+    """A progress callback drawing on standard error, or None when there is no display."""
+    display: str | None = args.display
+    if display == "quiet" or (display is None and not _isatty(sys.stderr)):
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    console = Console(stderr=True, force_terminal=True if display == "progress" else None)
+    progress = Progress(
+        TextColumn("{task.description:>12}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        redirect_stdout=False,
+    )
+    with progress:
+        yield ProgressDisplay(progress)
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _summary(args: argparse.Namespace, text: str) -> None:
+    if args.display != "quiet":
+        print(text, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------
+
+
+def _layers_json(manifest: ImageManifest) -> list[dict[str, Any]]:
+    return [
+        {"digest": str(layer.digest), "size": layer.size, "media_type": layer.media_type}
+        for layer in manifest.layers
+    ]
+
+
+def inspect_data(
+    reference: str,
+    digest: Digest,
+    raw_manifest: bytes,
+    manifest: ImageManifest,
+    config: ImageConfiguration,
+) -> dict[str, Any]:
+    """What ``inspect --json`` prints for an image."""
+    labels = config.config.labels if config.config is not None else None
+    return {
+        "reference": reference,
+        "digest": str(digest),
+        "manifest_digest": str(Digest.from_bytes(raw_manifest)),
+        "media_type": manifest.media_type or MEDIA_TYPE_IMAGE_MANIFEST,
+        "os": config.os,
+        "architecture": config.architecture,
+        "variant": config.variant,
+        "created": config.created,
+        "labels": dict(labels or {}),
+        "layers": _layers_json(manifest),
+        "layer_count": len(manifest.layers),
+        "total_size": sum(layer.size for layer in manifest.layers),
+    }
+
+
+def _inspect_text(data: Mapping[str, Any]) -> str:
+    platform = "/".join(
+        part for part in (data["os"], data["architecture"], data["variant"]) if part
+    )
+    lines = [
+        f"Reference:   {data['reference']}",
+        f"Digest:      {data['digest']}",
+    ]
+    if data["manifest_digest"] != data["digest"]:
+        lines.append(f"OCI digest:  {data['manifest_digest']}")
+    lines += [
+        f"Media type:  {data['media_type']}",
+        f"Platform:    {platform}",
+        f"Created:     {data['created'] or '-'}",
+        f"Layers:      {data['layer_count']} ({human_size(data['total_size'])})",
+    ]
+    for layer in data["layers"]:
+        lines.append(f"  {layer['digest']}  {human_size(layer['size']):>9}  {layer['media_type']}")
+    labels: Mapping[str, str] = data["labels"]
+    lines.append("Labels:" + ("" if labels else "      -"))
+    lines += [f"  {key}={value}" for key, value in sorted(labels.items())]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_inspect(args: argparse.Namespace, config: ImageProxyConfig) -> int:
+    """``inspect REF [--json]``."""
+    with ImageProxy(config) as proxy, proxy.open_image(args.reference) as image:
+        digest, raw = proxy.fetch_manifest_raw_oci(image)
+        image_config = proxy.fetch_config(image)
+    data = inspect_data(args.reference, digest, raw, decode_manifest(raw), image_config)
+    if args.json:
+        _print_json(data)
+    else:
+        _write_stdout(_inspect_text(data))
+    return EXIT_OK
+
+
+def cmd_manifest(args: argparse.Namespace, config: ImageProxyConfig) -> int:
+    """``manifest REF``: the OCI manifest bytes."""
+    with ImageProxy(config) as proxy, proxy.open_image(args.reference) as image:
+        _, raw = proxy.fetch_manifest_raw_oci(image)
+    _write_stdout(raw)
+    return EXIT_OK
+
+
+def cmd_config(args: argparse.Namespace, config: ImageProxyConfig) -> int:
+    """``config REF``: the image configuration bytes."""
+    with ImageProxy(config) as proxy, proxy.open_image(args.reference) as image:
+        raw = proxy.fetch_config_raw(image)
+    _write_stdout(raw)
+    return EXIT_OK
+
+
+def cmd_layers(args: argparse.Namespace, config: ImageProxyConfig) -> int:
+    """``layers REF [--json]``."""
+    with ImageProxy(config) as proxy, proxy.open_image(args.reference) as image:
+        _, manifest = proxy.fetch_manifest(image)
+    if args.json:
+        _print_json(_layers_json(manifest))
+    else:
+        _write_stdout(
+            "".join(
+                f"{layer.digest} {layer.size} {layer.media_type}\n" for layer in manifest.layers
+            )
+        )
+    return EXIT_OK
+
+
+def _find_blob(manifest: ImageManifest, digest: Digest) -> Descriptor | None:
+    for descriptor in (manifest.config, *manifest.layers):
+        if descriptor.digest == digest:
+            return descriptor
+    return None
+
+
+def cmd_blob(args: argparse.Namespace, config: ImageProxyConfig) -> int:
+    """``blob REF DIGEST [-o FILE]``."""
+    to_stdout = args.output in (None, "-")
+    if to_stdout and _isatty(sys.stdout):
+        raise CliError("refusing to write a blob to a terminal: use -o FILE", EXIT_USAGE)
+    with ImageProxy(config) as proxy, proxy.open_image(args.reference) as image:
+        _, manifest = proxy.fetch_manifest(image)
+        descriptor = _find_blob(manifest, args.digest)
+        if descriptor is None:
+            raise CliError(
+                f"blob {args.digest} is not in the manifest of {args.reference}", EXIT_NOT_FOUND
+            )
+        if to_stdout:
+            with proxy.get_descriptor(image, descriptor) as blob:
+                try:
+                    sys.stdout.flush()
+                    blob.copy_to(sys.stdout.buffer)
+                except ImageProxyError:
+                    raise
+                except OSError as exc:
+                    raise _output_error("to standard output", exc) from exc
+            return EXIT_OK
+        with (
+            _atomic_output(args.output) as out,
+            _progress_display(args) as progress,
+            proxy.get_descriptor(image, descriptor) as blob,
+        ):
+            received = 0
+
+            def advance(count: int) -> None:
+                nonlocal received
+                received += count
+                if progress is not None:
+                    progress(BlobProgress(descriptor, count, received))
+
+            if progress is not None:
+                progress(PullStarted(args.reference, (descriptor,)))
+                progress(BlobStarted(descriptor))
+            try:
+                blob.copy_to(out, advance)
+            except ImageProxyError:
+                raise
+            except OSError as exc:
+                raise _output_error(args.output, exc) from exc
+            if progress is not None:
+                progress(BlobFinished(descriptor, skipped=False))
+    return EXIT_OK
+
+
+def pull_result_json(result: PullResult) -> dict[str, Any]:
+    """What ``pull --json`` prints."""
+    return {
+        "reference": result.reference,
+        "dest": str(result.dest),
+        "tag": result.tag,
+        "manifest_digest": str(result.manifest_digest),
+        "source_digest": str(result.source_digest),
+        "fetched": [str(d) for d in result.fetched],
+        "skipped": [str(d) for d in result.skipped],
+        "bytes_fetched": result.bytes_fetched,
+        "manifest": json.loads(encode(result.manifest)),
+    }
+
+
+def cmd_pull(args: argparse.Namespace, config: ImageProxyConfig) -> int:
+    """``pull REF DEST [--tag TAG] [--jobs N] [--json]``."""
+    with _progress_display(args) as progress:
+        result = pull(
+            args.reference,
+            args.dest,
+            tag=args.tag,
+            config=config,
+            jobs=args.jobs,
+            progress=progress,
+        )
+    where = f"oci:{result.dest}" + (f":{result.tag}" if result.tag else "")
+    blobs = "blob" if len(result.fetched) == 1 else "blobs"
+    _summary(
+        args,
+        f"Pulled {result.manifest_digest} into {where}: fetched {len(result.fetched)} {blobs}"
+        f" ({human_size(result.bytes_fetched)}), skipped {len(result.skipped)}",
+    )
+    if args.json:
+        _print_json(pull_result_json(result))
+    return EXIT_OK
+
+
+_COMMANDS: Final[dict[str, Callable[[argparse.Namespace, ImageProxyConfig], int]]] = {
+    "inspect": cmd_inspect,
+    "manifest": cmd_manifest,
+    "config": cmd_config,
+    "layers": cmd_layers,
+    "blob": cmd_blob,
+    "pull": cmd_pull,
+}
+
+
+# --------------------------------------------------------------------------
+# Errors and main
+# --------------------------------------------------------------------------
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit status the command ends with after ``exc``."""
+    if isinstance(exc, CliError):
+        return exc.code
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(exc, ConfigurationError):
+        return EXIT_USAGE
+    if isinstance(exc, SpawnError):
+        return EXIT_SPAWN
+    if (
+        isinstance(exc, ProxyExitedError)
+        and not isinstance(exc, ProxyFailedError)
+        and exc.method == "Initialize"
+    ):
+        return EXIT_SPAWN
+    if isinstance(exc, LayoutError):
+        return EXIT_OUTPUT
+    if isinstance(exc, VerificationError):
+        return EXIT_VERIFICATION
+    if isinstance(exc, ImageNotFoundError):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, RequestError) and _AUTH_FAILURE.search(exc.message):
+        return EXIT_AUTH
+    if isinstance(exc, ImageProxyError):
+        return EXIT_ERROR
+    if isinstance(exc, OSError):
+        # Outside the library's own errors, the command only writes: its destination.
+        return EXIT_OUTPUT
+    return EXIT_ERROR
+
+
+def error_message(exc: BaseException) -> str:
+    """One line describing ``exc`` for standard error."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    text = exc.message if isinstance(exc, CliError) else str(exc)
+    if isinstance(exc, OSError) and not isinstance(exc, ImageProxyError) and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    text = " ".join(text.split()) or type(exc).__name__
+    if isinstance(exc, SpawnError):
+        text += " (is skopeo installed? --skopeo PATH names it)"
+    elif isinstance(exc, RequestError) and "unknown transport" in exc.message:
+        text += " (references look like docker://HOST/NAME:TAG or oci:DIR:TAG)"
+    return text
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null, so that exiting flushes nothing into a dead pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+class _StderrHandler(logging.Handler):
+    """Writes records to whatever ``sys.stderr`` is at the time (rich may redirect it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _logging(debug: bool) -> Iterator[None]:
+    handler = _StderrHandler(logging.DEBUG if debug else logging.WARNING)
+    handler.setFormatter(
+        logging.Formatter(
+            "%(name)s: %(message)s" if debug else f"{PROG}: %(levelname)s: %(message)s"
+        )
+    )
+    previous = _log.level
+    _log.addHandler(handler)
+    if debug:
+        _log.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        _log.removeHandler(handler)
+        _log.setLevel(previous)
+
+
+def _report(exc: BaseException, debug: bool) -> int:
+    if debug:
+        traceback.print_exception(exc, file=sys.stderr)
+    code = exit_code_for(exc)
+    print(f"{PROG}: error: {error_message(exc)}", file=sys.stderr, flush=True)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    debug: bool = args.debug
+    with _logging(debug):
+        try:
+            password = _password(args, sys.stdin, os.environ)
+            status = _COMMANDS[args.command](args, make_config(args, password))
+            _write_stdout("")
+            return status
+        except _OutputClosed:
+            _silence_stdout()
+            return EXIT_ERROR
+        except BrokenPipeError:
+            _silence_stdout()
+            return EXIT_ERROR
+        except (Exception, KeyboardInterrupt) as exc:
+            return _report(exc, debug)
