@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import os
 import time
 
 import pytest
@@ -117,3 +118,27 @@ def test_one_blob_read_by_two_threads(big_layers_image: BuiltImage) -> None:
             with pytest.raises(StallTimeoutError):
                 first.result()
         blob.close()
+
+
+@pytest.mark.reliability("fault", "asyncio task cancelled while its blob is spliced in a thread")
+async def test_cancelled_copy_waits_for_its_thread(big_layers_image: BuiltImage) -> None:
+    digest, size, _, _ = big_layers_image.layers[0]
+    config = ImageProxyConfig(skopeo_cmd=fake_skopeo("0.2.8", "--stall-blob"), stall_timeout=30)
+    async with (
+        AsyncImageProxy(config) as proxy,
+        await proxy.open_image(big_layers_image.ref) as img,
+    ):
+        blob = await proxy.get_blob(img, digest, size)
+        with open(os.devnull, "wb") as sink:
+            copying = asyncio.ensure_future(blob.copy_to(sink))
+            await asyncio.sleep(1.5)  # half the blob went through; the source now stalls
+            copying.cancel()
+            started = time.monotonic()
+            with pytest.raises(asyncio.CancelledError):
+                await copying
+            assert time.monotonic() - started < 2  # the thread noticed the stop promptly
+        assert 0 < blob.bytes_read < size
+        started = time.monotonic()
+        await blob.aclose()  # the source is stalled: the pipe is given up at once
+        assert time.monotonic() - started < 1
+        assert (await proxy.fetch_manifest(img))[0] == big_layers_image.manifest_digest

@@ -71,6 +71,11 @@ class SyncBackend:
         sock.setblocking(True)
 
     @staticmethod
+    def run_interruptible(function: Callable[..., _T], *args: Any) -> _T:
+        """Call ``function(*args, stop)``; ``stop`` is a threading.Event never set here."""
+        return function(*args, threading.Event())
+
+    @staticmethod
     def run_all(tasks: list[Callable[[], object]], limit: int) -> None:
         """Run ``tasks``, ``limit`` at a time in threads; raise the first failure."""
         if limit <= 1 or len(tasks) <= 1:
@@ -139,6 +144,26 @@ class AsyncBackend:
     def prepare_socket(sock: socket.socket) -> None:
         """Put our end of the socket in the mode this shell expects."""
         sock.setblocking(False)
+
+    @staticmethod
+    async def run_interruptible(function: Callable[..., _T], *args: Any) -> _T:
+        """Run ``function(*args, stop)`` in a worker thread.
+
+        If the caller is cancelled, ``stop`` (a threading.Event) is set and the
+        thread is waited for before the cancellation goes on, so nothing the thread
+        uses (a descriptor) is released under it.
+        """
+        stop = threading.Event()
+        future = asyncio.ensure_future(asyncio.to_thread(function, *args, stop))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            stop.set()
+            try:
+                await future
+            except BaseException:
+                pass
+            raise
 
     @staticmethod
     async def run_all(tasks: list[Callable[[], Awaitable[object]]], limit: int) -> None:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -269,12 +270,13 @@ class Transfer:
     the proxy checks nothing); for GetBlob the proxy checks size and digest itself.
     """
 
-    __slots__ = ("_hasher", "digest", "expected", "received")
+    __slots__ = ("_hasher", "digest", "expected", "last_data", "received")
 
     def __init__(self, digest: Digest, expected: int | None, *, verify: bool) -> None:
         self.digest = digest
         self.expected = expected
         self.received = 0
+        self.last_data = time.monotonic()
         self._hasher: Any = digest.hasher() if verify else None
 
     def remaining(self) -> int | None:
@@ -284,6 +286,7 @@ class Transfer:
     def update(self, chunk: bytes | memoryview) -> None:
         """Account for ``chunk``, which just arrived."""
         self.received += len(chunk)
+        self.last_data = time.monotonic()
         if self._hasher is not None:
             self._hasher.update(chunk)
 
@@ -292,6 +295,11 @@ class Transfer:
         if self._hasher is not None:
             raise ValueError("a verified transfer must see its data")
         self.received += count
+        self.last_data = time.monotonic()
+
+    def idle(self) -> float:
+        """Seconds since data last arrived (or since the transfer began)."""
+        return time.monotonic() - self.last_data
 
     def check_complete(self, extra: int = 0) -> None:
         """Raise :class:`VerificationError` unless exactly the promised data arrived."""

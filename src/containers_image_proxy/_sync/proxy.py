@@ -11,9 +11,12 @@ replaced) and a test fails when the two drift apart. Protocol decisions live in
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import socket
+import termios
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -59,6 +62,8 @@ _log = logging.getLogger("containers_image_proxy")
 
 _CHUNK = 256 * 1024
 _COPY_CHUNK = 1 << 20
+_STOP_CHECK = 0.25
+_IDLE_STALLED = 1.0
 _EXIT_WAIT = 5.0
 _SHUTDOWN_WAIT = 5.0
 
@@ -96,6 +101,15 @@ def _drain(fd: int, timeout: float | None, what: str) -> int:
     while chunk := _read_chunk(fd, 1 << 20, timeout, what):
         extra += len(chunk)
     return extra
+
+
+def _looks_stalled(fd: int, transfer: proto.Transfer) -> bool:
+    """Whether a pipe is empty and has seen no data for a while."""
+    try:
+        pending = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return False
+    return pending == b"\0\0\0\0" and transfer.idle() > _IDLE_STALLED
 
 
 def _write_all(fd: int, data: memoryview) -> None:
@@ -146,7 +160,7 @@ class _SyncChannel:
     def discard_reply(self, label: str) -> None:
         """Receive and drop the reply to a request whose caller gave up on it."""
         try:
-            reply = self.receive("(abandoned request)", label=label)
+            reply = self.receive("(abandoned request)", self.stall, label=label)
         except (RequestError, ProtocolError):
             return
         proto.close_fds(reply.fds)
@@ -405,7 +419,7 @@ class Blob(BlobStream):
         if not self._known or self._fds is None or self._transfer.received:
             return super()._copy(fd, progress)
         try:
-            total = Backend.run_blocking(self._splice_to, fd, progress)
+            total = Backend.run_interruptible(self._splice_to, fd, progress)
         except StallTimeoutError:
             self._abandon()
             raise
@@ -414,19 +428,30 @@ class Blob(BlobStream):
         self._finish()
         return total
 
-    def _splice_to(self, fd: int, progress: Callable[[int], object] | None) -> int:
-        """Splice the rest of the data into ``fd``, blocking; -1 if ``fd`` refuses splice."""
+    def _splice_to(
+        self, fd: int, progress: Callable[[int], object] | None, stop: threading.Event
+    ) -> int:
+        """Splice the rest of the data into ``fd``, blocking; -1 if ``fd`` refuses splice.
+
+        Returns early when ``stop`` is set (the asyncio caller was cancelled).
+        """
         assert self._fds is not None
         (source,) = self._fds
         total = 0
-        while (remaining := self._transfer.remaining() or 0) > 0:
+        stall = self._channel.stall
+        while (remaining := self._transfer.remaining() or 0) > 0 and not stop.is_set():
             try:
                 count = os.splice(source, fd, remaining)
             except BlockingIOError:
-                if not SyncBackend.wait_readable(source, self._channel.stall):
-                    raise StallTimeoutError(
-                        f"blob {self.digest}: no data arrived for {self._channel.stall} seconds"
-                    ) from None
+                waited = 0.0
+                while not SyncBackend.wait_readable(source, _STOP_CHECK):
+                    waited += _STOP_CHECK
+                    if stop.is_set():
+                        return total
+                    if stall is not None and waited >= stall:
+                        raise StallTimeoutError(
+                            f"blob {self.digest}: no data arrived for {stall} seconds"
+                        ) from None
                 continue
             except OSError as exc:
                 if total == 0 and exc.errno in (errno.EINVAL, errno.ENOSYS):
@@ -510,24 +535,26 @@ class Blob(BlobStream):
             self._close_fds()
             return
         self._finished = True
+        stalled = self._fds is not None and _looks_stalled(self._fds[0], self._transfer)
         # Closing our end first makes the worker's next write fail at once (EPIPE).
         self._close_fds()
         channel = self._channel
+        if stalled and not self._holding:
+            # FinishPipe would wait for a source that sends nothing (PROTOCOL.md rule
+            # 8) and hold the proxy with it: give the pipe up without it.
+            _log.debug("blob %s closed while its source was stalled", self.digest)
+            return
         try:
             if not self._holding:
                 channel.lock.acquire()
                 self._holding = True
+                # Its reply is collected before the next request goes out (see
+                # _AsyncChannel.unanswered), so closing never waits for the worker.
                 channel.send_finish(self._pipeid, "GetBlob")
-            error = channel.finish_reply("GetBlob")
-        except ClosedError:
-            return
         except ImageProxyError as exc:
             _log.debug("closing blob %s early: %s", self.digest, exc)
-            return
         finally:
             self._release()
-        if error is not None and not proto.is_broken_pipe(error):
-            _log.debug("blob %s closed early; the proxy reported: %s", self.digest, error)
 
 
 class RawBlob(BlobStream):
