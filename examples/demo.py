@@ -1,8 +1,9 @@
-"""Build a small image locally, then fetch it through skopeo with both clients.
+"""Build an image locally, pull it with the command-line tool, then read it from Python.
 
 Run with ``bash scripts/demo.sh`` (or ``python examples/demo.py`` once set up).
 No network is used: the image is an OCI layout written to a temporary directory,
-and a copy of it is turned into a docker-archive by ``skopeo copy``.
+and a copy of it is turned into a docker-archive by ``skopeo copy``. The pull
+draws its progress display when standard error is a terminal.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from images import Layer, build_docker_archive, build_oci_layout, random_bytes
 
-from containers_image_proxy import AsyncImageProxy, ImageProxy
+from containers_image_proxy import AsyncImageProxy, ImageProxy, cli
 
 
 def build(root: Path) -> list[str]:
     layers = [
         Layer({"etc/os-release": b"NAME=demo\n", "usr/bin/hello": b"#!/bin/sh\necho hi\n"}),
-        Layer({"opt/data.bin": random_bytes(8 << 20, seed=1)}, compression="none"),
-        Layer({"opt/more.bin": random_bytes(4 << 20, seed=2)}),
+        Layer({"opt/data.bin": random_bytes(96 << 20, seed=1)}, compression="none"),
+        Layer({"opt/more.bin": random_bytes(48 << 20, seed=2)}),
+        Layer({"opt/extra.bin": random_bytes(64 << 20, seed=3)}, compression="none"),
     ]
     oci = build_oci_layout(root / "layout", layers, labels={"demo": "yes"})
     archive = build_docker_archive(root / "image.tar", layers)
@@ -74,7 +76,18 @@ async def fetch_parallel(reference: str) -> None:
 
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="containers-image-proxy-demo-") as tmp:
-        for reference in build(Path(tmp)):
+        print("building a 4-layer image (200 MiB) as an OCI layout and a docker-archive ...")
+        references = build(Path(tmp))
+        for n, reference in enumerate(references):
+            dest = Path(tmp) / f"pulled-{n}"
+            print(f"\n$ containers-image-proxy pull {reference} {dest}")
+            status = cli.main(["pull", reference, str(dest), "--jobs", "4"])
+            if status:
+                raise SystemExit(status)
+            print(f"$ containers-image-proxy inspect oci:{dest}:latest")
+            cli.main(["inspect", f"oci:{dest}:latest"])
+        print("\nthe same images through the Python API:")
+        for reference in references:
             fetch_blocking(reference)
             asyncio.run(fetch_parallel(reference))
 
