@@ -41,10 +41,12 @@ class SyncBackend:
     Lock = threading.Lock
 
     @staticmethod
-    def wait_readable(fd: int, timeout: float | None) -> bool:
-        """Block until ``fd`` is readable or ``timeout`` passes; False on timeout."""
+    def wait_readable(fd: int, timeout: float | None, also: int | None = None) -> bool:
+        """Block until ``fd`` (or ``also``) is readable or ``timeout`` passes; False on timeout."""
         poller = select.poll()
         poller.register(fd, select.POLLIN)
+        if also is not None:
+            poller.register(also, select.POLLIN)
         return bool(poller.poll(None if timeout is None else timeout * 1000))
 
     @staticmethod
@@ -99,8 +101,8 @@ class AsyncBackend:
     Lock = asyncio.Lock
 
     @staticmethod
-    async def wait_readable(fd: int, timeout: float | None) -> bool:
-        """Wait until ``fd`` is readable or ``timeout`` passes; False on timeout."""
+    async def wait_readable(fd: int, timeout: float | None, also: int | None = None) -> bool:
+        """Wait until ``fd`` (or ``also``) is readable or ``timeout`` passes; False on timeout."""
         loop = asyncio.get_running_loop()
         ready = loop.create_future()
 
@@ -109,12 +111,19 @@ class AsyncBackend:
                 ready.set_result(None)
 
         loop.add_reader(fd, wake)
+        if also is not None:
+            loop.add_reader(also, wake)
         try:
-            await asyncio.wait_for(ready, timeout)
+            if timeout is None:
+                await ready
+            else:
+                await asyncio.wait_for(ready, timeout)
         except TimeoutError:
             return False
         finally:
             loop.remove_reader(fd)
+            if also is not None:
+                loop.remove_reader(also)
         return True
 
     @staticmethod

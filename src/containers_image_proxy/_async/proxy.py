@@ -199,6 +199,25 @@ class _AsyncChannel:
             return proto.request_error(method, exc.message, exc.code)
         return None
 
+    async def _read_pipe_to_end(self, fd: int, method: str) -> bytes:
+        # Waits on the pipe and the socket together: the reply to FinishPipe comes
+        # right after the pipe's end, so one wake-up usually serves both.
+        chunks: list[bytes] = []
+        also: int | None = self.sock.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 20)
+            except BlockingIOError:
+                if not await Backend.wait_readable(fd, self.stall, also=also):
+                    raise StallTimeoutError(
+                        f"{method}: no data arrived for {self.stall} seconds"
+                    ) from None
+                also = None  # after one shared wake-up, the pipe alone (never a busy loop)
+                continue
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
     async def read_piped(self, method: str, reply: proto.Reply) -> bytes:
         """Rule 3: send FinishPipe, read the pipe to its end, then take the reply.
 
@@ -209,7 +228,7 @@ class _AsyncChannel:
             prepare_pipe(fd)
             await self.send_finish(reply.pipeid, method)
             try:
-                data = await _read_to_end(fd, self.stall, method)
+                data = await self._read_pipe_to_end(fd, method)
                 error = await self.finish_reply(method)
             except StallTimeoutError as exc:
                 raise self.break_with(exc) from None
