@@ -3,6 +3,7 @@
 ``ImageProxy`` and ``AsyncImageProxy`` start ``skopeo experimental-image-proxy``
 as a child process and stream manifests, configurations and blobs out of any
 containers/image transport (registries, OCI layouts, archives, containers-storage).
+``unpack`` streams an image into a root filesystem, verified layer by layer.
 """
 
 from ._async.proxy import AsyncBlob, AsyncImageProxy, AsyncRawBlob
@@ -11,6 +12,19 @@ from ._image import OpenedImage
 from ._layout import LayoutError
 from ._sync.proxy import Blob, ImageProxy, RawBlob
 from ._sync.pull import pull, stream_layers
+from ._unpack import unpack, unpack_async
+from ._unpack_stream import LayerStream, detect_compression, open_layer
+from ._unpack_tree import RootfsWriter
+from ._unpack_types import (
+    CompressionMismatchError,
+    LayerFormatError,
+    LayerResult,
+    LimitExceededError,
+    UnpackError,
+    UnpackLimits,
+    UnpackResult,
+    UnsafeLayerError,
+)
 from .config import ImageProxyConfig
 from .errors import (
     BlobVerificationError,
@@ -51,6 +65,7 @@ __all__ = [
     "BlobVerificationError",
     "BusyError",
     "ClosedError",
+    "CompressionMismatchError",
     "ConfigurationError",
     "ConvertedLayerInfo",
     "Descriptor",
@@ -63,7 +78,11 @@ __all__ = [
     "ImageProxyError",
     "InvalidDigestError",
     "InvalidDocumentError",
+    "LayerFormatError",
+    "LayerResult",
+    "LayerStream",
     "LayoutError",
+    "LimitExceededError",
     "OpenedImage",
     "ProtocolError",
     "ProxyExitedError",
@@ -74,11 +93,20 @@ __all__ = [
     "PullStarted",
     "RawBlob",
     "RequestError",
+    "RootfsWriter",
     "SpawnError",
     "StallTimeoutError",
+    "UnpackError",
+    "UnpackLimits",
+    "UnpackResult",
+    "UnsafeLayerError",
     "VerificationError",
+    "detect_compression",
+    "open_layer",
     "pull",
     "pull_async",
     "stream_layers",
     "stream_layers_async",
+    "unpack",
+    "unpack_async",
 ]

@@ -12,7 +12,7 @@ import io
 import logging
 import zlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING, Protocol, cast
 
 from ._image import OpenedImage
 from ._unpack_types import (
@@ -34,6 +34,8 @@ __all__ = ["LayerStream", "detect_compression", "media_type_compression", "open_
 _log = logging.getLogger("containers_image_proxy")
 
 _CHUNK = 1 << 20
+#: Compressed bytes fed to zlib at once: its unconsumed tail is copied at every call.
+_GZIP_INPUT = 128 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _BLOCK = 512
@@ -96,9 +98,7 @@ def _looks_like_tar(prefix: bytes) -> bool:
     except ValueError:
         return False
     unsigned = sum(block) - sum(block[148:156]) + 8 * 0x20
-    signed = sum((b ^ 0x80) - 0x80 for b in block) - sum(
-        (b ^ 0x80) - 0x80 for b in block[148:156]
-    )
+    signed = sum((b ^ 0x80) - 0x80 for b in block) - sum((b ^ 0x80) - 0x80 for b in block[148:156])
     return stored in (unsigned, signed + 8 * 0x20)
 
 
@@ -160,7 +160,7 @@ class _Gzip:
         self._ended = False
 
     def _more(self) -> bytes:
-        return self._source.read(_CHUNK)
+        return self._source.read(_GZIP_INPUT)
 
     def read(self, size: int) -> bytes:
         while not self._ended:
@@ -205,7 +205,10 @@ class _Zstd:
 
         self._error = zstandard.ZstdError
         self._reader = zstandard.ZstdDecompressor().stream_reader(
-            _Plain(source, prefix), read_size=_CHUNK, read_across_frames=True, closefd=False
+            cast("IO[bytes]", _Plain(source, prefix)),
+            read_size=_CHUNK,
+            read_across_frames=True,
+            closefd=False,
         )
 
     def read(self, size: int) -> bytes:

@@ -24,10 +24,11 @@ import stat
 import tarfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self, cast
 
 from ._unpack_stream import LayerStream
 from ._unpack_types import (
@@ -43,7 +44,7 @@ from .oci import Descriptor
 if TYPE_CHECKING:
     from ._unpack_types import Compression
 
-__all__ = ["RootfsWriter"]
+__all__ = ["RootfsWriter", "discard_tree"]
 
 _log = logging.getLogger("containers_image_proxy")
 
@@ -65,6 +66,11 @@ _EXTENDED = frozenset(
         tarfile.GNUTYPE_LONGLINK,
     }
 )
+#: How tarfile says that an archive ended well: end-of-archive blocks, or no more data.
+_CLEAN_END: tuple[type[Exception], ...] = (
+    getattr(tarfile, "EOFHeaderError"),  # noqa: B009 (missing from typeshed)
+    getattr(tarfile, "EmptyHeaderError"),  # noqa: B009
+)
 #: Errors of setxattr that mean "this filesystem or this user cannot", not "broken".
 _XATTR_REFUSED = frozenset(
     {errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP, errno.E2BIG, errno.ERANGE}
@@ -85,28 +91,23 @@ class _Info(tarfile.TarInfo):
     max_header = 1 << 20
 
     @classmethod
-    def fromtarfile(cls, tarfile: tarfile.TarFile) -> Self:
+    def fromtarfile(cls, tar: tarfile.TarFile) -> Self:
         """Read the next header; a header error is noted on the TarFile."""
         try:
-            return super().fromtarfile(tarfile)
-        except tarfile_module.HeaderError as exc:
-            tarfile.__dict__["_unpack_end"] = exc
+            return super().fromtarfile(tar)
+        except tarfile.HeaderError as exc:
+            tar.__dict__["_unpack_end"] = exc
             raise
 
-    def _proc_member(self, tarfile: tarfile.TarFile) -> tarfile_module.TarInfo:
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _EXTENDED and self.size > self.max_header:
             raise LimitExceededError(
                 f"extended tar header of {self.size} bytes (limit {self.max_header})",
                 limit="max_header_bytes",
                 value=self.max_header,
             )
-        result: tarfile_module.TarInfo = tarfile_module.TarInfo._proc_member(  # type: ignore[attr-defined]
-            self, tarfile
-        )
+        result: tarfile.TarInfo = tarfile.TarInfo._proc_member(self, tar)  # type: ignore[attr-defined]
         return result
-
-
-tarfile_module = tarfile
 
 
 @dataclass(slots=True)
@@ -148,6 +149,83 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
+def _rmtree(
+    parent: int, name: str, key: str, forget: Callable[[str], None], *, writable: bool
+) -> None:
+    """Remove the directory ``name`` in ``parent`` and everything under it.
+
+    Iterative, holding one descriptor at a time (climbing back through ``..``), so
+    that neither depth nor the descriptor limit can stop it; symlinks inside are
+    removed, never followed. ``forget`` is called with the key of each directory
+    removed; ``writable`` first gives the owner rwx on each directory (when not root).
+    """
+    forget(key)
+    fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    try:
+        if writable:
+            _owner_rwx(fd)
+        stack: list[tuple[str, str, list[str]]] = [(name, key, os.listdir(fd))]
+        while stack:
+            dname, dkey, pending = stack[-1]
+            if pending:
+                child = pending.pop()
+                ckey = f"{dkey}/{child}" if dkey else child
+                try:
+                    mode = os.stat(child, dir_fd=fd, follow_symlinks=False).st_mode
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISDIR(mode):
+                    sub = os.open(child, _DIR_FLAGS, dir_fd=fd)
+                    os.close(fd)
+                    fd = sub
+                    if writable:
+                        _owner_rwx(fd)
+                    forget(ckey)
+                    stack.append((child, ckey, os.listdir(fd)))
+                else:
+                    os.unlink(child, dir_fd=fd)
+                continue
+            stack.pop()
+            if stack:
+                up = os.open("..", _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = up
+                os.rmdir(dname, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent)
+
+
+def _owner_rwx(fd: int) -> None:
+    mode = os.fstat(fd).st_mode
+    if mode & 0o700 != 0o700:
+        os.fchmod(fd, stat.S_IMODE(mode) | 0o700)
+
+
+def discard_tree(path: str | os.PathLike[str], *, remove: bool) -> None:
+    """Empty the directory ``path`` without following symlinks; remove it too when
+    ``remove``. A missing ``path`` is fine."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        _owner_rwx(fd)
+        for name in os.listdir(fd):
+            try:
+                mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(mode):
+                _rmtree(fd, name, name, lambda _key: None, writable=True)
+            else:
+                os.unlink(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    if remove:
+        os.rmdir(path)
+
+
 class RootfsWriter:
     """Applies layers, in order, to the directory ``dest`` (created if missing).
 
@@ -158,7 +236,9 @@ class RootfsWriter:
     changed ``dest``, which must then be discarded.
 
     ``rootless`` (default: not running as root) leaves ownership alone and skips
-    device nodes with a warning, as ``umoci unpack --rootless`` does.
+    device nodes with a warning (fifos need no privilege and are made), as
+    ``umoci unpack --rootless`` does. A writer is not thread-safe: one thread at a
+    time, and nothing else should change ``dest`` while it works.
     """
 
     def __init__(
@@ -243,7 +323,7 @@ class RootfsWriter:
         self._touched = set()
         entries = 0
         try:
-            tar = tarfile.open(
+            tar = tarfile.open(  # noqa: SIM115 (closed by the with below)
                 fileobj=counter,  # type: ignore[call-overload]
                 mode="r|",
                 tarinfo=self._info,
@@ -277,11 +357,17 @@ class RootfsWriter:
                         )
                     if self._stop is not None and self._stop.is_set():
                         raise _Stopped
-                    self._entry(tar, member)
+                    try:
+                        self._entry(tar, member)
+                    except OSError as exc:
+                        if exc.errno in (errno.ENAMETOOLONG, errno.EMLINK):
+                            raise LayerFormatError(
+                                f"{member.name!r}: {exc.strerror}", entry=member.name
+                            ) from None
+                        exc.add_note(f"while applying the tar entry {member.name!r}")
+                        raise
                 end = tar.__dict__.get("_unpack_end")
-                if end is not None and not isinstance(
-                    end, tarfile.EOFHeaderError | tarfile.EmptyHeaderError
-                ):
+                if end is not None and not isinstance(end, _CLEAN_END):
                     raise LayerFormatError(f"malformed tar header at offset {tar.offset}: {end}")
         compression: Compression = "none"
         diff_id = None
@@ -359,6 +445,7 @@ class RootfsWriter:
                 except FileExistsError:
                     pass
                 child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                os.fchmod(child, 0o755)  # an implied directory: 0755 whatever the umask
             except OSError as exc:
                 if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise
@@ -411,47 +498,7 @@ class RootfsWriter:
             os.unlink(name, dir_fd=parent)
 
     def _rmtree(self, parent: int, name: str, key: str) -> None:
-        # Iterative, one descriptor at a time (climbing back through ".."), so that
-        # neither depth nor the descriptor limit can stop it.
-        self._forget(key)
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-        try:
-            self._writable(fd)
-            stack: list[tuple[str, str, list[str]]] = [(name, key, os.listdir(fd))]
-            while stack:
-                dname, dkey, pending = stack[-1]
-                if pending:
-                    child = pending.pop()
-                    ckey = f"{dkey}/{child}" if dkey else child
-                    try:
-                        mode = os.stat(child, dir_fd=fd, follow_symlinks=False).st_mode
-                    except FileNotFoundError:
-                        continue
-                    if stat.S_ISDIR(mode):
-                        sub = os.open(child, _DIR_FLAGS, dir_fd=fd)
-                        os.close(fd)
-                        fd = sub
-                        self._writable(fd)
-                        self._forget(ckey)
-                        stack.append((child, ckey, os.listdir(fd)))
-                    else:
-                        os.unlink(child, dir_fd=fd)
-                    continue
-                stack.pop()
-                if stack:
-                    up = os.open("..", _DIR_FLAGS, dir_fd=fd)
-                    os.close(fd)
-                    fd = up
-                    os.rmdir(dname, dir_fd=fd)
-        finally:
-            os.close(fd)
-        os.rmdir(name, dir_fd=parent)
-
-    def _writable(self, fd: int) -> None:
-        if self.rootless:
-            mode = os.fstat(fd).st_mode
-            if mode & 0o700 != 0o700:
-                os.fchmod(fd, mode | 0o700)
+        _rmtree(parent, name, key, self._forget, writable=self.rootless)
 
     def _remove_lower(self, directory: int, key: str) -> None:
         """Remove everything under ``directory`` that the current layer did not write."""
@@ -495,9 +542,7 @@ class RootfsWriter:
             return
         if not parts:
             if not member.isdir():
-                raise UnsafeLayerError(
-                    f"the root entry {name!r} is not a directory", entry=name
-                )
+                raise UnsafeLayerError(f"the root entry {name!r} is not a directory", entry=name)
             self._dirs[""] = _meta(member)
             return
         key = "/".join(parts)
@@ -592,7 +637,7 @@ class RootfsWriter:
     def _copy_sparse(self, tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int) -> None:
         source = tar.fileobj
         assert source is not None
-        sparse: list[tuple[int, int]] = member.sparse or []  # type: ignore[attr-defined]
+        sparse = cast("list[tuple[int, int]]", member.sparse or [])
         stored = tar.offset - member.offset_data
         if sum(length for _, length in sparse) > stored:
             raise LayerFormatError(f"{member.name!r}: a sparse map larger than its data")
@@ -694,7 +739,7 @@ class RootfsWriter:
             kind, make = "character device", stat.S_IFCHR
         else:
             kind, make = "block device", stat.S_IFBLK
-        if self.rootless:
+        if self.rootless and make != stat.S_IFIFO:
             self._warn(f"{member.name!r}: skipped a {kind} (not running as root)")
             return
         device = os.makedev(member.devmajor, member.devminor) if make != stat.S_IFIFO else 0
@@ -730,15 +775,16 @@ class RootfsWriter:
                 self._setxattr(f"/proc/self/fd/{parent}/{base}", name, value, key)
             if chmod:
                 os.chmod(base, meta.mode, dir_fd=parent)
-            os.utime(
-                base, ns=(meta.atime_ns, meta.mtime_ns), dir_fd=parent, follow_symlinks=False
-            )
+            os.utime(base, ns=(meta.atime_ns, meta.mtime_ns), dir_fd=parent, follow_symlinks=False)
         except OverflowError:
             raise LayerFormatError(f"{key!r}: attributes out of range", entry=key) from None
 
     def _setxattr(self, target: int | str, name: str, value: bytes, key: str) -> None:
         try:
-            os.setxattr(target, name, value, follow_symlinks=False)
+            if isinstance(target, int):
+                os.setxattr(target, name, value)
+            else:
+                os.setxattr(target, name, value, follow_symlinks=False)
         except OSError as exc:
             if exc.errno not in _XATTR_REFUSED:
                 raise

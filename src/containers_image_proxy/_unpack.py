@@ -1,0 +1,256 @@
+"""Unpacking a whole image into a root filesystem: ``unpack`` and ``unpack_async``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from ._async.proxy import AsyncBlob, AsyncImageProxy
+from ._sync.proxy import ImageProxy
+from ._unpack_stream import LayerStream, open_layer
+from ._unpack_tree import RootfsWriter, _Stopped, discard_tree
+from ._unpack_types import LayerResult, UnpackLimits, UnpackResult
+from .config import ImageProxyConfig
+from .errors import InvalidDocumentError
+from .oci import Descriptor, Digest, ImageConfiguration, ImageManifest
+
+__all__ = ["unpack", "unpack_async"]
+
+_T = TypeVar("_T")
+_CHUNK = 1 << 20
+
+#: Called with each layer's result once it is applied and verified.
+LayerCallback = Callable[[LayerResult], object]
+
+
+def _prepare(dest: Path) -> bool:
+    """Check that ``dest`` is missing or an empty directory; whether it was created."""
+    try:
+        entries = os.listdir(dest)
+    except FileNotFoundError:
+        dest.mkdir(parents=True)
+        dest.chmod(0o755)  # as umoci makes a rootfs; a root entry in a layer may change it
+        return True
+    if entries:
+        raise FileExistsError(f"unpack destination {str(dest)!r} is not empty")
+    return False
+
+
+def _pairs(manifest: ImageManifest, config: ImageConfiguration) -> list[tuple[Descriptor, Digest]]:
+    diff_ids = config.rootfs.diff_ids
+    if len(diff_ids) != len(manifest.layers):
+        raise InvalidDocumentError(
+            f"the manifest has {len(manifest.layers)} layers but the configuration "
+            f"lists {len(diff_ids)} diff_ids"
+        )
+    return list(zip(manifest.layers, diff_ids, strict=True))
+
+
+def _remaining(writer: RootfsWriter) -> int | None:
+    limit = writer.limits.max_total_bytes
+    return None if limit is None else max(0, limit - writer.bytes)
+
+
+def _unpack(
+    reference: str,
+    dest: Path,
+    config: ImageProxyConfig | None,
+    proxy: ImageProxy | None,
+    limits: UnpackLimits | None,
+    rootless: bool | None,
+    progress: LayerCallback | None,
+    stop: threading.Event | None,
+) -> UnpackResult:
+    created = _prepare(dest)
+    try:
+        with contextlib.ExitStack() as stack:
+            if proxy is None:
+                proxy = stack.enter_context(ImageProxy(config))
+            image = stack.enter_context(proxy.open_image(reference))
+            digest, manifest = proxy.fetch_manifest(image)
+            image_config = proxy.fetch_config(image)
+            layers = _pairs(manifest, image_config)
+            results: list[LayerResult] = []
+            with RootfsWriter(dest, limits=limits, rootless=rootless) as writer:
+                writer._stop = stop
+                for descriptor, diff_id in layers:
+                    with open_layer(
+                        proxy, image, descriptor, diff_id, max_bytes=_remaining(writer)
+                    ) as stream:
+                        result = writer.apply(stream, descriptor=descriptor)
+                    results.append(result)
+                    if progress is not None:
+                        progress(result)
+    except BaseException:
+        discard_tree(dest, remove=created)
+        raise
+    return UnpackResult(
+        reference=reference,
+        dest=dest,
+        manifest_digest=digest,
+        config=image_config,
+        layers=tuple(results),
+        rootless=writer.rootless,
+        warnings=tuple(writer.warnings),
+    )
+
+
+def unpack(
+    reference: str,
+    dest: str | os.PathLike[str],
+    *,
+    config: ImageProxyConfig | None = None,
+    proxy: ImageProxy | None = None,
+    limits: UnpackLimits | None = None,
+    rootless: bool | None = None,
+    progress: LayerCallback | None = None,
+) -> UnpackResult:
+    """Unpack the image ``reference`` into the root filesystem directory ``dest``.
+
+    ``dest`` must be missing (it is created) or empty. Layers stream straight from
+    the proxy, one after the other, with no temporary copy: each is decompressed,
+    checked against its diff_id and applied with the OCI layer rules (whiteouts,
+    opaque directories) by a :class:`RootfsWriter`, which anchors every operation at
+    directory descriptors and never follows a symlink that a layer planted. An open
+    ``proxy`` may be given to reuse it (``config`` is then ignored). ``limits``
+    bound sizes and counts (:class:`UnpackLimits`); ``rootless`` (default: not
+    running as root) leaves ownership alone and skips device nodes. ``progress`` is
+    called with each layer's :class:`LayerResult`.
+
+    On any failure ``dest`` is emptied (and removed if this call created it).
+
+    Raises:
+        FileExistsError: ``dest`` is not empty.
+        LayerFormatError: a layer is not a valid tar, or its media type is unsupported.
+        CompressionMismatchError: a layer's bytes contradict its media type.
+        UnsafeLayerError: an entry would escape ``dest`` or go through a symlink.
+        LimitExceededError: a layer went past ``limits``.
+        VerificationError: a blob or a decompressed layer does not match its digest.
+        ImageProxyError: anything the proxy reports (a missing image...).
+    """
+    return _unpack(reference, Path(dest), config, proxy, limits, rootless, progress, stop=None)
+
+
+async def _in_thread(function: Callable[[], _T], stop: threading.Event) -> _T:
+    """Run ``function`` in a worker thread; on cancellation set ``stop`` and wait for it."""
+    future = asyncio.ensure_future(asyncio.to_thread(function))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        stop.set()
+        with contextlib.suppress(BaseException):
+            await future
+        raise
+
+
+class _Bridge:
+    """A blocking reader, for a worker thread, of an AsyncBlob read on the event loop."""
+
+    def __init__(self, blob: AsyncBlob, loop: asyncio.AbstractEventLoop) -> None:
+        self._blob = blob
+        self._loop = loop
+        self._buffer = b""
+
+    def read(self, size: int = -1, /) -> bytes:
+        if not self._buffer:
+            future = asyncio.run_coroutine_threadsafe(self._blob.read(_CHUNK), self._loop)
+            self._buffer = future.result()
+        if size < 0:
+            size = len(self._buffer)
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+
+def _apply(
+    writer: RootfsWriter,
+    source: _Bridge,
+    descriptor: Descriptor,
+    diff_id: Digest,
+) -> LayerResult:
+    stream = LayerStream(source, descriptor.media_type, diff_id, max_bytes=_remaining(writer))
+    return writer.apply(stream, descriptor=descriptor)
+
+
+async def _unpack_with(
+    reference: str,
+    dest: Path,
+    proxy: AsyncImageProxy,
+    limits: UnpackLimits | None,
+    rootless: bool | None,
+    progress: LayerCallback | None,
+    stop: threading.Event,
+) -> UnpackResult:
+    loop = asyncio.get_running_loop()
+    created = await asyncio.to_thread(_prepare, dest)
+    writer: RootfsWriter | None = None
+    try:
+        async with await proxy.open_image(reference) as image:
+            digest, manifest = await proxy.fetch_manifest(image)
+            image_config = await proxy.fetch_config(image)
+            layers = _pairs(manifest, image_config)
+            writer = RootfsWriter(dest, limits=limits, rootless=rootless)
+            writer._stop = stop
+            results: list[LayerResult] = []
+            for descriptor, diff_id in layers:
+                async with await proxy.get_descriptor(image, descriptor) as blob:
+                    work = functools.partial(
+                        _apply, writer, _Bridge(blob, loop), descriptor, diff_id
+                    )
+                    result = await _in_thread(work, stop)
+                results.append(result)
+                if progress is not None:
+                    progress(result)
+            await _in_thread(writer.close, stop)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        await asyncio.shield(asyncio.to_thread(discard_tree, dest, remove=created))
+        raise
+    return UnpackResult(
+        reference=reference,
+        dest=dest,
+        manifest_digest=digest,
+        config=image_config,
+        layers=tuple(results),
+        rootless=writer.rootless,
+        warnings=tuple(writer.warnings),
+    )
+
+
+async def unpack_async(
+    reference: str,
+    dest: str | os.PathLike[str],
+    *,
+    config: ImageProxyConfig | None = None,
+    proxy: AsyncImageProxy | None = None,
+    limits: UnpackLimits | None = None,
+    rootless: bool | None = None,
+    progress: LayerCallback | None = None,
+) -> UnpackResult:
+    """The asyncio twin of :func:`unpack`, with the same arguments and rules.
+
+    The extraction (decompression, hashing, file system calls) runs in a worker
+    thread through :func:`asyncio.to_thread`, so the event loop stays free. Without
+    ``proxy`` the whole unpack, with its own blocking proxy, runs in that thread;
+    with an open :class:`AsyncImageProxy` its requests are made on the loop and the
+    worker reads each blob through it. Cancelling the task stops the worker at the
+    next tar entry and empties ``dest`` before the cancellation goes on. ``progress``
+    is called from the worker thread when there is no ``proxy``.
+    """
+    stop = threading.Event()
+    path = Path(dest)
+    try:
+        if proxy is None:
+            work = functools.partial(
+                _unpack, reference, path, config, None, limits, rootless, progress, stop
+            )
+            return await _in_thread(work, stop)
+        return await _unpack_with(reference, path, proxy, limits, rootless, progress, stop)
+    except _Stopped:
+        raise asyncio.CancelledError from None
