@@ -11,4 +11,5 @@ ruff format --check src tests tools examples bench
 mypy
 python tools/gen_sync.py --check
 python bench/run.py --smoke >/dev/null
+python bench/unpack.py --smoke >/dev/null
 python -m pytest --reliability-report=docs/reliability.md "$@"

@@ -16,6 +16,7 @@ import termios
 from importlib.metadata import entry_points
 from pathlib import Path
 
+import hostile_layers
 import pytest
 from images import BuiltImage, MultiPlatformImage, run_skopeo
 from registry import Registry, RegistryImage
@@ -468,3 +469,31 @@ def test_credentials(auth_registry: Registry, private_image: RegistryImage) -> N
     assert_fails(proc, EXIT_AUTH)
     # Not a terminal, no --password-stdin, no environment: no way to ask.
     assert_fails(run_cli(*certs, *user, "inspect", private_image.ref), EXIT_USAGE, PASSWORD_ENV)
+
+
+def test_unpack(oci_image: BuiltImage, tmp_path: Path) -> None:
+    dest = tmp_path / "rootfs"
+    proc = run_cli("unpack", "--json", oci_image.ref, dest)
+    assert proc.returncode == EXIT_OK, proc.stderr.decode()
+    result = json.loads(proc.stdout)
+    assert [layer["digest"] for layer in result["layers"]] == oci_image.layer_digests
+    assert [layer["diff_id"] for layer in result["layers"]] == oci_image.diff_ids
+    for layer in oci_image.source_layers:
+        for name, data in layer.files.items():
+            assert (dest / name).read_bytes() == data
+    # A destination that is not empty is refused, with the output exit code.
+    again = run_cli("unpack", oci_image.ref, dest)
+    assert again.returncode == EXIT_OUTPUT
+    assert b"not empty" in again.stderr and b"Traceback" not in again.stderr
+
+
+def test_unpack_refuses_a_hostile_layer(tmp_path: Path, skopeo: str) -> None:
+    image = hostile_layers.build(
+        tmp_path / "layout",
+        hostile_layers.layer(
+            hostile_layers.symlink("x", "/etc"), hostile_layers.file("x/passwd", b"owned")
+        ),
+    )
+    proc = run_cli("unpack", image.ref, tmp_path / "rootfs")
+    assert proc.returncode == EXIT_VERIFICATION
+    assert proc.stderr.count(b"\n") == 1 and b"symlink" in proc.stderr

@@ -6,7 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .errors import ImageProxyError
+from .errors import (
+    CompressionMismatchError,
+    LayerFormatError,
+    LimitExceededError,
+    UnpackError,
+    UnsafeLayerError,
+)
 from .oci import Descriptor, Digest, ImageConfiguration
 
 __all__ = [
@@ -23,57 +29,6 @@ __all__ = [
 
 #: How a layer blob is compressed.
 Compression = Literal["none", "gzip", "zstd"]
-
-
-class UnpackError(ImageProxyError):
-    """A layer could not be applied to a root filesystem.
-
-    ``entry`` names the tar entry at fault, when there is one.
-    """
-
-    def __init__(self, message: str, *, entry: str | None = None) -> None:
-        super().__init__(message)
-        self.entry = entry
-
-
-class LayerFormatError(UnpackError, ValueError):
-    """A layer is not what it claims to be: unsupported media type, bad compressed
-    data, a malformed tar stream or entry (a bare ``.wh.``, a missing hardlink target).
-    """
-
-
-class CompressionMismatchError(LayerFormatError):
-    """A layer's bytes are compressed differently from what its media type says.
-
-    ``declared`` is the compression its media type names, ``detected`` the one its
-    first bytes show (``"none"``, ``"gzip"``, ``"zstd"`` or ``"unknown"``).
-    """
-
-    def __init__(self, message: str, *, declared: str, detected: str) -> None:
-        super().__init__(message)
-        self.declared = declared
-        self.detected = detected
-
-
-class UnsafeLayerError(UnpackError):
-    """A tar entry would reach outside the destination, or through a symlink.
-
-    Raised for ``..`` components, for paths (or hardlink targets) that go through a
-    symlink planted by an earlier entry or layer, and for a root entry that is not a
-    directory.
-    """
-
-
-class LimitExceededError(UnpackError):
-    """A layer went past one of the :class:`UnpackLimits`.
-
-    ``limit`` is the name of the field of :class:`UnpackLimits`, ``value`` its value.
-    """
-
-    def __init__(self, message: str, *, limit: str, value: int, entry: str | None = None) -> None:
-        super().__init__(message, entry=entry)
-        self.limit = limit
-        self.value = value
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,8 @@ from rich.filesize import decimal as human_size
 from ._layout import LayoutError
 from ._sync.proxy import ImageProxy
 from ._sync.pull import pull
+from ._unpack import unpack
+from ._unpack_types import LayerResult
 from .config import ImageProxyConfig, build_command
 from .errors import (
     ConfigurationError,
@@ -45,6 +47,7 @@ from .errors import (
     ProxyFailedError,
     RequestError,
     SpawnError,
+    UnpackError,
     VerificationError,
 )
 from .events import BlobFinished, BlobProgress, BlobStarted, PullEvent, PullResult, PullStarted
@@ -128,7 +131,7 @@ exit status:
   {EXIT_USAGE}  usage error
   {EXIT_NOT_FOUND}  image or blob not found
   {EXIT_AUTH}  authentication failed or required
-  {EXIT_VERIFICATION}  verification failed (digest or size mismatch)
+  {EXIT_VERIFICATION}  verification failed (digest or size mismatch), or a layer refused by unpack
   {EXIT_OUTPUT}  the destination cannot be written
   {EXIT_SPAWN}  skopeo is missing or failed to start
   {EXIT_INTERRUPTED}  interrupted
@@ -395,6 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
         "-j", "--jobs", metavar="N", type=_positive_int, default=4, help="blobs fetched at once"
     )
     pull_.add_argument("--json", action="store_true", help="print the result as JSON")
+    unpack_ = command(
+        "unpack",
+        "unpack the image into a root filesystem directory",
+        "Stream every layer into DIR (missing or empty), applying whiteouts, verifying each"
+        " layer against its diff_id and refusing entries that would escape DIR. Layers"
+        " stream straight from the proxy. A line per layer goes to standard error.",
+        " DIR",
+    )
+    unpack_.add_argument("dest", metavar="DIR", help="root filesystem directory to create")
+    unpack_.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
 
@@ -890,6 +903,52 @@ def cmd_pull(args: argparse.Namespace, config: ImageProxyConfig) -> int:
     return EXIT_OK
 
 
+def cmd_unpack(args: argparse.Namespace, config: ImageProxyConfig) -> int:
+    """``unpack REF DIR [--json]``."""
+    done = 0
+
+    def report(layer: LayerResult) -> None:
+        nonlocal done
+        done += 1
+        digest = layer.descriptor.digest.encoded[:12] if layer.descriptor else "-"
+        _summary(
+            args,
+            f"layer {done}: {digest} {layer.compression}, {layer.entries} entries,"
+            f" {human_size(layer.bytes)}",
+        )
+
+    result = unpack(args.reference, args.dest, config=config, progress=report)
+    _summary(
+        args,
+        f"Unpacked {result.manifest_digest} into {result.dest}: {len(result.layers)} layers,"
+        f" {result.entries} entries, {human_size(result.bytes)}"
+        + (f", {len(result.warnings)} warnings" if result.warnings else ""),
+    )
+    if args.json:
+        _print_json(
+            {
+                "reference": result.reference,
+                "dest": str(result.dest),
+                "manifest_digest": str(result.manifest_digest),
+                "rootless": result.rootless,
+                "entries": result.entries,
+                "bytes": result.bytes,
+                "warnings": list(result.warnings),
+                "layers": [
+                    {
+                        "digest": str(layer.descriptor.digest) if layer.descriptor else None,
+                        "diff_id": str(layer.diff_id) if layer.diff_id else None,
+                        "compression": layer.compression,
+                        "entries": layer.entries,
+                        "bytes": layer.bytes,
+                    }
+                    for layer in result.layers
+                ],
+            }
+        )
+    return EXIT_OK
+
+
 _COMMANDS: Final[dict[str, Callable[[argparse.Namespace, ImageProxyConfig], int]]] = {
     "inspect": cmd_inspect,
     "manifest": cmd_manifest,
@@ -897,6 +956,7 @@ _COMMANDS: Final[dict[str, Callable[[argparse.Namespace, ImageProxyConfig], int]
     "layers": cmd_layers,
     "blob": cmd_blob,
     "pull": cmd_pull,
+    "unpack": cmd_unpack,
 }
 
 
@@ -923,7 +983,7 @@ def exit_code_for(exc: BaseException) -> int:
         return EXIT_SPAWN
     if isinstance(exc, LayoutError):
         return EXIT_OUTPUT
-    if isinstance(exc, VerificationError):
+    if isinstance(exc, VerificationError | UnpackError):
         return EXIT_VERIFICATION
     if isinstance(exc, ImageNotFoundError):
         return EXIT_NOT_FOUND
