@@ -16,12 +16,14 @@ from pathlib import Path
 import pytest
 from conftest import child_pids
 from images import BuiltImage, run_skopeo
+from registry import RegistryImage
 
 from containers_image_proxy import (
     AsyncBlob,
     BlobFinished,
     BlobProgress,
     ImageNotFoundError,
+    ImageProxyConfig,
     LayoutError,
     PullEvent,
     PullStarted,
@@ -188,3 +190,14 @@ async def test_stream_layers(skopeo: str, big_layers_image: BuiltImage) -> None:
     assert [str(layer.digest) for layer in layers] == big_layers_image.layer_digests
     for digest, _, _, data in big_layers_image.layers:
         assert seen[digest] == data[:100]
+
+
+async def test_pull_from_registry(
+    skopeo: str, registry_image: RegistryImage, tmp_path: Path
+) -> None:
+    config = ImageProxyConfig(insecure_skip_tls_verification=True)
+    for ref in (registry_image.ref, registry_image.digest_ref):
+        dest = tmp_path / "out"
+        result = await pull_async(ref, dest, config=config, tag="pulled", jobs=4)
+        assert result.source_digest == registry_image.image.manifest_digest
+        check_layout(dest, "pulled", registry_image.image)

@@ -17,7 +17,9 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
+
+import msgspec
 
 from .errors import (
     BlobVerificationError,
@@ -178,24 +180,27 @@ def decode_reply(method: str, data: bytes, fds: Sequence[int], truncated: bool =
         raise
 
 
+class _WireReply(msgspec.Struct):
+    """A reply packet as it travels; decoding checks every field's type."""
+
+    success: bool
+    value: Any = None
+    pipeid: Annotated[int, msgspec.Meta(ge=0, lt=2**32)] = 0
+    error: str = ""
+    error_code: str | None = None
+
+
+_REPLY_DECODER = msgspec.json.Decoder(_WireReply)
+
+
 def _decode_reply(method: str, data: bytes, fds: Sequence[int], truncated: bool) -> Reply:
     if truncated or len(data) > MAX_MSG_SIZE:
         raise ProtocolError(f"reply to {method} exceeds the {MAX_MSG_SIZE}-byte packet limit")
-    obj = _load_json(data, f"reply to {method}")
-    if not isinstance(obj, dict):
-        raise ProtocolError(f"reply to {method} is not a JSON object: {data[:80]!r}")
-    success = obj.get("success")
-    if not isinstance(success, bool):
-        raise ProtocolError(f"reply to {method} has no boolean 'success' field")
-    error = obj.get("error", "")
-    if not isinstance(error, str):
-        raise ProtocolError(f"reply to {method} has a non-string 'error' field")
-    code = obj.get("error_code")
-    if code is not None and not isinstance(code, str):
-        raise ProtocolError(f"reply to {method} has a non-string 'error_code' field")
-    pipeid = obj.get("pipeid", 0)
-    if isinstance(pipeid, bool) or not isinstance(pipeid, int) or not 0 <= pipeid < 2**32:
-        raise ProtocolError(f"reply to {method} has an invalid pipeid: {pipeid!r}")
+    try:
+        wire = _REPLY_DECODER.decode(data)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise ProtocolError(f"reply to {method} is invalid: {exc}") from None
+    success, error, code, pipeid = wire.success, wire.error, wire.error_code, wire.pipeid
     if not success:
         if code and code not in ERROR_CODES:
             raise ProtocolError(f"reply to {method} has an unknown error_code {code!r}: {error}")
@@ -211,7 +216,7 @@ def _decode_reply(method: str, data: bytes, fds: Sequence[int], truncated: bool)
         raise ProtocolError(f"reply to {method} carried a descriptor but no pipeid")
     if expected != 1 and pipeid != 0:
         raise ProtocolError(f"reply to {method} has pipeid {pipeid} but no pipe descriptor")
-    return Reply(obj.get("value"), pipeid, tuple(fds))
+    return Reply(wire.value, pipeid, tuple(fds))
 
 
 def _expect_int(method: str, value: object, minimum: int) -> int:
