@@ -646,11 +646,32 @@ def write_report(result: dict[str, Any]) -> None:
         "",
         result["table"],
         "",
+        *_unpack_section(),
         (HERE / "NOTES.md").read_text().strip(),
         "",
     ]
     (HERE.parent / "BENCHMARKS.md").write_text("\n".join(text))
     print(f"wrote {HERE.parent / 'BENCHMARKS.md'}")
+
+
+def _unpack_section() -> list[str]:
+    """The latest `bench/unpack.py` results, when there are any."""
+    path = HERE / "results" / "unpack.json"
+    if not path.exists():
+        return []
+    unpack = json.loads(path.read_text())
+    options = " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in unpack["options"].items() if k != "smoke"
+    )
+    return [
+        "## Unpack",
+        "",
+        f"`python bench/unpack.py` ({unpack['umoci']}, {unpack['cores']} cores,"
+        f" options `{options}`, page cache dropped before each run):",
+        "",
+        unpack["table"],
+        "",
+    ]
 
 
 def _skopeo_version() -> str:
