@@ -163,16 +163,7 @@ class AsyncBackend:
         uses (a descriptor) is released under it.
         """
         stop = threading.Event()
-        future = asyncio.ensure_future(asyncio.to_thread(function, *args, stop))
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            stop.set()
-            try:
-                await future
-            except BaseException:
-                pass
-            raise
+        return await run_in_thread_until_done(lambda: function(*args, stop), stop)
 
     @staticmethod
     async def run_all(tasks: list[Callable[[], Awaitable[object]]], limit: int) -> None:
@@ -207,6 +198,24 @@ class AsyncStreamBase:
 
 _F_SETPIPE_SZ = 1031
 _PIPE_SIZE = 1 << 20
+
+
+async def run_in_thread_until_done(function: Callable[[], _T], stop: threading.Event) -> _T:
+    """Run ``function`` in a worker thread; if cancelled, set ``stop`` and wait for it.
+
+    The thread is always finished before the cancellation goes on, so nothing it
+    uses (a descriptor, a directory being written) is released under it.
+    """
+    future = asyncio.ensure_future(asyncio.to_thread(function))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        stop.set()
+        try:
+            await future
+        except BaseException:
+            pass
+        raise
 
 
 def prepare_pipe(fd: int, *, large: bool = False) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ._async.proxy import AsyncBlob, AsyncImageProxy
+from ._backends import run_in_thread_until_done
 from ._sync.proxy import ImageProxy
 from ._unpack_stream import LayerStream, open_layer
 from ._unpack_tree import RootfsWriter, _Stopped, discard_tree
@@ -137,18 +138,6 @@ def unpack(
     return _unpack(reference, Path(dest), config, proxy, limits, rootless, progress, stop=None)
 
 
-async def _in_thread(function: Callable[[], _T], stop: threading.Event) -> _T:
-    """Run ``function`` in a worker thread; on cancellation set ``stop`` and wait for it."""
-    future = asyncio.ensure_future(asyncio.to_thread(function))
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        stop.set()
-        with contextlib.suppress(BaseException):
-            await future
-        raise
-
-
 class _Bridge:
     """A blocking reader, for a worker thread, of an AsyncBlob read on the event loop."""
 
@@ -202,11 +191,11 @@ async def _unpack_with(
                     work = functools.partial(
                         _apply, writer, _Bridge(blob, loop), descriptor, diff_id
                     )
-                    result = await _in_thread(work, stop)
+                    result = await run_in_thread_until_done(work, stop)
                 results.append(result)
                 if progress is not None:
                     progress(result)
-            await _in_thread(writer.close, stop)
+            await run_in_thread_until_done(writer.close, stop)
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -250,7 +239,7 @@ async def unpack_async(
             work = functools.partial(
                 _unpack, reference, path, config, None, limits, rootless, progress, stop
             )
-            return await _in_thread(work, stop)
+            return await run_in_thread_until_done(work, stop)
         return await _unpack_with(reference, path, proxy, limits, rootless, progress, stop)
     except _Stopped:
         raise asyncio.CancelledError from None
