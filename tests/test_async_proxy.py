@@ -448,13 +448,20 @@ async def test_too_old_proxy(no_leaks: None, observe: Callable[[str], None]) -> 
 
 
 @pytest.mark.reliability("process", "the Python parent is SIGKILLed: skopeo must exit")
+@pytest.mark.parametrize("spawn", ["setpriv", "preexec_fn"])
 async def test_parent_death_kills_child(
-    skopeo: str, oci_image: BuiltImage, tmp_path: Path, observe: Callable[[str], None]
+    spawn: str,
+    skopeo: str,
+    oci_image: BuiltImage,
+    tmp_path: Path,
+    observe: Callable[[str], None],
 ) -> None:
     script = tmp_path / "parent.py"
     script.write_text(
         "import sys, time\n"
-        "from containers_image_proxy import ImageProxy\n"
+        "from containers_image_proxy import ImageProxy, _process\n"
+        # Without setpriv the parent-death signal is set by a preexec_fn instead.
+        f"if {spawn!r} == 'preexec_fn': _process._SETPRIV = None\n"
         "p = ImageProxy().open()\n"
         "print(p.pid, flush=True)\n"
         "time.sleep(600)\n"

@@ -12,9 +12,11 @@ from __future__ import annotations
 import collections
 import ctypes
 import ctypes.util
+import errno
 import fcntl
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -51,6 +53,22 @@ def _die_with_parent() -> None:
     # Runs in the child between fork and exec: only an async-signal-safe call.
     if _prctl is not None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+#: util-linux's setpriv sets the parent-death signal and execs the command; spawning
+#: through it lets CPython use vfork, which a ``preexec_fn`` rules out.
+_SETPRIV = shutil.which("setpriv")
+
+
+def _check_executable(command: str) -> None:
+    """Raise :class:`SpawnError` as exec would, before a wrapper hides the failure."""
+    path = command if os.sep in command else shutil.which(command)
+    if path is None or not os.path.exists(path):
+        error: OSError = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command)
+        raise SpawnError(command, error)
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        error = PermissionError(errno.EACCES, os.strerror(errno.EACCES), command)
+        raise SpawnError(command, error)
 
 
 def socket_pair() -> tuple[socket.socket, socket.socket]:
@@ -117,15 +135,22 @@ class ChildProcess:
         started = threading.Event()
         outcome: list[subprocess.Popen[bytes] | BaseException] = []
 
+        if _SETPRIV is not None:
+            _check_executable(argv[0])
+            command = [_SETPRIV, "--pdeathsig", "TERM", "--", *argv]
+            preexec: Callable[[], None] | None = None
+        else:
+            command, preexec = argv, _die_with_parent
+
         def run() -> None:
             try:
                 proc = subprocess.Popen(
-                    argv,
+                    command,
                     stdin=child_socket.fileno(),
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
                     pass_fds=tuple(self._private_fds.values()),
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=preexec,
                 )
             except BaseException as exc:
                 outcome.append(exc)
