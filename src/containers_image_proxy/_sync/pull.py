@@ -30,7 +30,7 @@ from ..events import (
     PullResult,
     PullStarted,
 )
-from ..oci import MEDIA_TYPE_IMAGE_MANIFEST, Descriptor, decode_config, decode_manifest
+from ..oci import MEDIA_TYPE_IMAGE_MANIFEST, Descriptor, Digest, decode_config, decode_manifest
 from .proxy import Blob, ImageProxy
 
 __all__ = ["pull", "stream_layers"]
@@ -110,7 +110,8 @@ def pull(
         if progress is not None:
             progress(PullStarted(reference, blobs))
 
-        present = {blob.digest for blob in blobs if layout.has_blob(blob.digest, blob.size)}
+        # Hashing what is already there reads whole layers: not on the event loop.
+        present = Backend.run_blocking(_present, layout, blobs)
         fetched: list[Descriptor] = []
 
         def fetch(index: int, descriptor: Descriptor) -> None:
@@ -164,6 +165,11 @@ def pull(
         skipped=tuple(d.digest for d in blobs if d.digest in present),
         bytes_fetched=sum(d.size for d in fetched),
     )
+
+
+def _present(layout: Layout, blobs: tuple[Descriptor, ...]) -> set[Digest]:
+    """The blobs already stored whole in ``layout``."""
+    return {blob.digest for blob in blobs if layout.has_blob(blob.digest, blob.size)}
 
 
 def _platform(config: bytes) -> dict[str, str]:
