@@ -33,6 +33,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from _table import markdown_table  # noqa: E402
 from registry import Registry  # noqa: E402
 from relay import Relay  # noqa: E402
 
@@ -523,7 +524,7 @@ def case_startup(cycles: int) -> list[Row]:
 
 def table(rows: list[Row]) -> str:
     head = ("case", "ours", "value", "alternative", "value", "ratio", "goal", "met")
-    lines = [head]
+    lines: list[tuple[str, ...]] = []
     for r in rows:
         lines.append(
             (
@@ -537,13 +538,7 @@ def table(rows: list[Row]) -> str:
                 "-" if r.met is None else ("yes" if r.met else "NO"),
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    out = [
-        "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |"
-        for line in lines
-    ]
-    out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(out)
+    return markdown_table(head, lines)
 
 
 def chart(rows: list[Row], path: Path) -> None:

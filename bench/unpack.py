@@ -43,6 +43,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from _table import markdown_table  # noqa: E402
 from hostile_layers import TarLayer, build, file, tar_bytes  # noqa: E402
 
 MiB = 1 << 20
@@ -169,7 +170,7 @@ def paths(root: Path) -> set[str]:
 
 def table(rows: list[Row]) -> str:
     head = ("case", "ours", "seconds", "alternative", "seconds", "ratio", "goal", "met")
-    lines = [head]
+    lines: list[tuple[str, ...]] = []
     for r in rows:
         lines.append(
             (
@@ -183,13 +184,7 @@ def table(rows: list[Row]) -> str:
                 "-" if r.met is None else ("yes" if r.met else "NO"),
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    out = [
-        "| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |"
-        for line in lines
-    ]
-    out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(out)
+    return markdown_table(head, lines)
 
 
 def main() -> int:
