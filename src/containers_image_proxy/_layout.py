@@ -32,6 +32,29 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@contextmanager
+def _atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A temporary file beside ``path`` that replaces it if the block succeeds.
+
+    Named ``.PID-...`` so that a later writer can remove it if this process dies.
+    """
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{os.getpid()}-", dir=path.parent)
+    except OSError as exc:
+        raise LayoutError(f"cannot write into {path.parent}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.chmod(name, 0o644)
+        os.replace(name, path)
+    except BaseException:
+        try:
+            os.unlink(name)
+        except FileNotFoundError:
+            pass
+        raise
+
+
 class LayoutError(ImageProxyError, OSError):
     """The destination cannot hold an OCI layout (not a directory, not writable, ...)."""
 
@@ -87,23 +110,13 @@ class Layout:
     @contextmanager
     def new_blob(self, digest: Digest) -> Iterator[BinaryIO]:
         """A temporary file that becomes the blob ``digest`` if the block succeeds."""
-        directory = self.blob_path(digest).parent
+        path = self.blob_path(digest)
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{os.getpid()}-", dir=directory)
+            path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise LayoutError(f"cannot write into {directory}: {exc.strerror or exc}") from exc
-        try:
-            with os.fdopen(fd, "wb") as f:
-                yield f
-            os.chmod(name, 0o644)
-            os.replace(name, self.blob_path(digest))
-        except BaseException:
-            try:
-                os.unlink(name)
-            except FileNotFoundError:
-                pass
-            raise
+            raise LayoutError(f"cannot write into {path.parent}: {exc.strerror or exc}") from exc
+        with _atomic_file(path) as f:
+            yield f
 
     def write_blob(self, digest: Digest, data: bytes) -> None:
         """Store ``data`` (already verified) as the blob ``digest``."""
@@ -131,15 +144,5 @@ class Layout:
         self._replace(index_path, json.dumps(index, separators=(",", ":")).encode())
 
     def _replace(self, path: Path, data: bytes) -> None:
-        fd, name = tempfile.mkstemp(prefix=f".{os.getpid()}-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(name, 0o644)
-            os.replace(name, path)
-        except BaseException:
-            try:
-                os.unlink(name)
-            except FileNotFoundError:
-                pass
-            raise
+        with _atomic_file(path) as f:
+            f.write(data)
