@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import atexit
 import base64
-import ctypes
-import ctypes.util
 import hashlib
 import http.client
 import json
@@ -29,12 +27,14 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from images import BuiltImage, MultiPlatformImage, run_skopeo
+
+from containers_image_proxy._process import _die_with_parent
 
 __all__ = [
     "DEFAULT_BINARY",
@@ -59,7 +59,6 @@ MANIFEST_ACCEPT = ", ".join(
 
 _START_ATTEMPTS = 5
 _START_TIMEOUT = 20.0
-_PR_SET_PDEATHSIG = 1
 
 
 class RegistryError(RuntimeError):
@@ -85,24 +84,6 @@ def _stop_all() -> None:
         running = list(_RUNNING)
     for registry in running:
         registry.stop()
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    except OSError:
-        return None
-    prctl: Callable[..., int] = libc.prctl
-    return prctl
-
-
-_prctl = _load_prctl()
-
-
-def _die_with_parent() -> None:
-    # Between fork and exec: the registry gets SIGTERM if the spawning thread ends.
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def _free_port() -> int:
