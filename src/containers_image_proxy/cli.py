@@ -50,7 +50,15 @@ from .errors import (
     UnpackError,
     VerificationError,
 )
-from .events import BlobFinished, BlobProgress, BlobStarted, PullEvent, PullResult, PullStarted
+from .events import (
+    BlobFinished,
+    BlobProgress,
+    BlobStarted,
+    PullEvent,
+    PullResult,
+    PullStarted,
+    blob_progress,
+)
 from .oci import (
     MEDIA_TYPE_IMAGE_MANIFEST,
     Descriptor,
@@ -843,19 +851,11 @@ def cmd_blob(args: argparse.Namespace, config: ImageProxyConfig) -> int:
             _progress_display(args) as progress,
             proxy.get_descriptor(image, descriptor) as blob,
         ):
-            received = 0
-
-            def advance(count: int) -> None:
-                nonlocal received
-                received += count
-                if progress is not None:
-                    progress(BlobProgress(descriptor, count, received))
-
             if progress is not None:
                 progress(PullStarted(args.reference, (descriptor,)))
                 progress(BlobStarted(descriptor))
             try:
-                blob.copy_to(out, advance)
+                blob.copy_to(out, blob_progress(descriptor, progress))
             except ImageProxyError:
                 raise
             except OSError as exc:

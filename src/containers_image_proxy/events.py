@@ -9,6 +9,7 @@ are fetched in parallel): :class:`PullStarted` once, then per blob
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 from .oci import Descriptor, Digest, ImageManifest
@@ -52,6 +53,21 @@ class BlobFinished:
 
 
 PullEvent = PullStarted | BlobStarted | BlobProgress | BlobFinished
+
+
+def blob_progress(
+    descriptor: Descriptor, progress: Callable[[PullEvent], object] | None
+) -> Callable[[int], None]:
+    """A byte-count callback (as ``Blob.copy_to`` takes) that reports :class:`BlobProgress`."""
+    received = 0
+
+    def advance(count: int) -> None:
+        nonlocal received
+        received += count
+        if progress is not None:
+            progress(BlobProgress(descriptor, count, received))
+
+    return advance
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from ..events import (
     PullEvent,
     PullResult,
     PullStarted,
+    blob_progress,
 )
 from ..oci import MEDIA_TYPE_IMAGE_MANIFEST, Descriptor, Digest, decode_config, decode_manifest
 from .proxy import Blob, ImageProxy
@@ -190,17 +191,9 @@ def _fetch_layer(
     layout: Layout,
     progress: ProgressCallback | None,
 ) -> None:
-    received = 0
-
-    def advance(count: int) -> None:
-        nonlocal received
-        received += count
-        if progress is not None:
-            progress(BlobProgress(descriptor, count, received))
-
     with layout.new_blob(descriptor.digest) as out:
         with proxy.get_descriptor(image, descriptor) as blob:
-            written = blob.copy_to(out, advance)
+            written = blob.copy_to(out, blob_progress(descriptor, progress))
         if written != descriptor.size:
             raise VerificationError(
                 f"blob {descriptor.digest}: got {written} of {descriptor.size} bytes"
