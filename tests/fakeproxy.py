@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A fake ``skopeo experimental-image-proxy`` for tests.
 
-It speaks the wire protocol described in /work/shared/PROTOCOL.md at any protocol
+It speaks the wire protocol described in docs/protocol.md at any protocol
 version from 0.2.3 to 0.2.8, serves ``oci:DIR[:TAG]`` references from a real OCI image
 layout on disk, and can inject faults that a real skopeo only shows against a flaky
 registry.  The client runs it in place of skopeo::
@@ -39,7 +39,7 @@ Fake options (accepted before or after ``experimental-image-proxy``):
     value of GetManifest for a reference that resolves through an image index:
     the digest of the chosen per-platform manifest (``instance``, default: what
     skopeo 1.9.3 and current upstream actually return) or of the index (``index``,
-    what PROTOCOL.md and skopeo's man page say).
+    what skopeo's man page says; docs/protocol.md, Methods, explains the difference).
 
 Skopeo options are accepted with Go flag syntax (``--flag value``, ``--flag=value``,
 bare booleans, ``--bool=false``): global options before or after the subcommand, proxy

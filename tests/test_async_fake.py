@@ -1,6 +1,6 @@
 """Protocol 0.2.4 to 0.2.8 behaviour through the fake proxy (tests/fakeproxy.py).
 
-The installed skopeo may speak only 0.2.3; the fake follows PROTOCOL.md at each
+The installed skopeo may speak only 0.2.3; the fake follows docs/protocol.md at each
 version. Whatever the real skopeo can run is tested against it in
 test_async_proxy.py. This file is the source of ``test_sync_fake.py``.
 """

@@ -221,7 +221,7 @@ class Proxy:
         return b"".join(chunks)
 
     def fetch(self, method: str, *args: Any) -> tuple[Any, bytes, dict[str, Any]]:
-        """Call a piped method the safe way (rule 3); return value, data, FinishPipe reply."""
+        """Call a piped method per docs/protocol.md rule 3; return value, data, FinishPipe reply."""
         reply, fds = self.call(method, *args)
         assert reply["success"], reply
         assert len(fds) == 1 and reply["pipeid"] > 0
@@ -363,7 +363,7 @@ def test_get_blob_then_finish_pipe(layout: Layout) -> None:
         proxy.ok("Initialize")
         handle = proxy.ok("OpenImage", layout.ref())
         blob = layout.layer
-        # Rule 4: read exactly `size` bytes, then FinishPipe, then drain to EOF.
+        # docs/protocol.md rule 4: read exactly `size` bytes, FinishPipe, then drain to EOF.
         reply, (fd,) = proxy.call("GetBlob", handle, blob.digest, blob.size)
         assert reply["success"] and reply["value"] == blob.size and reply["pipeid"] > 0
         assert proxy.read_exactly(fd, blob.size) == blob.data

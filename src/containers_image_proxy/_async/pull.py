@@ -61,7 +61,7 @@ def default_tag(reference: str) -> str | None:
 async def _fetch_config(
     proxy: AsyncImageProxy, image: OpenedImage, descriptor: Descriptor
 ) -> bytes:
-    """The config blob's exact bytes (see PROTOCOL.md on converted manifests)."""
+    """The config blob's exact bytes (docs/protocol.md, Observed: configuration bytes)."""
     try:
         async with await proxy.get_descriptor(image, descriptor) as blob:
             return await blob.read()

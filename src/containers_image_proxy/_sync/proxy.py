@@ -219,7 +219,7 @@ class _SyncChannel:
             chunks.append(chunk)
 
     def read_piped(self, method: str, reply: proto.Reply) -> bytes:
-        """Rule 3: send FinishPipe, read the pipe to its end, then take the reply.
+        """Send FinishPipe, read the pipe to its end, then take the reply (docs/protocol.md rule 3).
 
         The caller holds the lock.
         """
@@ -485,7 +485,7 @@ class Blob(BlobStream):
         return total
 
     def _read_unknown(self, fd: int, view: memoryview) -> int:
-        # Rule 3 for a blob of unknown size: FinishPipe goes out first and its reply
+        # docs/protocol.md rule 3, for a blob of unknown size: FinishPipe goes out first, its reply
         # comes after the end of the data, so the proxy is held until then.
         if not self._holding:
             self._channel.lock.acquire()
@@ -559,7 +559,7 @@ class Blob(BlobStream):
         self._close_fds()
         channel = self._channel
         if stalled and not self._holding:
-            # FinishPipe would wait for a source that sends nothing (PROTOCOL.md rule
+            # FinishPipe would wait for a source that sends nothing (docs/protocol.md rule
             # 8) and hold the proxy with it: give the pipe up without it.
             _log.debug("blob %s closed while its source was stalled", self.digest)
             return

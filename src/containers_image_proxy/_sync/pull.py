@@ -61,7 +61,7 @@ def default_tag(reference: str) -> str | None:
 
 
 def _fetch_config(proxy: ImageProxy, image: OpenedImage, descriptor: Descriptor) -> bytes:
-    """The config blob's exact bytes (see PROTOCOL.md on converted manifests)."""
+    """The config blob's exact bytes (docs/protocol.md, Observed: configuration bytes)."""
     try:
         with proxy.get_descriptor(image, descriptor) as blob:
             return blob.read()
