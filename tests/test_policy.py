@@ -45,8 +45,8 @@ def label(scope: str) -> list[dict[str, Any]]:
 
 
 def no_links(path: str) -> str | None:
-    """A resolver for a file system without symlinks, relative to /work."""
-    return path if path.startswith("/") else f"/work/{path}"
+    """A resolver for a file system without symlinks, relative to /cwd."""
+    return path if path.startswith("/") else f"/cwd/{path}"
 
 
 def chosen(transports: dict[str, Any], reference: str, resolve: Any = no_links) -> list[str | None]:
