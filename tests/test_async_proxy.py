@@ -27,10 +27,13 @@ from containers_image_proxy import (
     ImageNotFoundError,
     ImageProxyConfig,
     InvalidDigestError,
+    PolicyNotEnforcedError,
+    PolicyRejectedError,
     ProxyExitedError,
     ProxyTooOldError,
     RequestError,
     SpawnError,
+    UnsupportedOptionError,
     VerificationError,
 )
 from containers_image_proxy.oci import MEDIA_TYPE_IMAGE_MANIFEST
@@ -350,10 +353,12 @@ async def test_unknown_flag_is_surfaced(skopeo: str, observe: Callable[[str], No
     try:
         async with AsyncImageProxy(config) as proxy:
             assert proxy.protocol_version  # a newer skopeo knows the flag
-    except ProxyExitedError as exc:
-        assert "user-agent-prefix" in str(exc)
-        observe(f"ProxyExitedError: {exc}")
-        assert exc.returncode not in (None, 0)
+    except UnsupportedOptionError as exc:
+        assert (exc.option, exc.field) == ("--user-agent-prefix", "user_agent_prefix")
+        assert "unknown flag: --user-agent-prefix" in exc.stderr
+        observe(f"UnsupportedOptionError: {exc}")
+        assert isinstance(exc.__cause__, ProxyExitedError)
+        assert exc.__cause__.returncode not in (None, 0)
 
 
 @pytest.mark.reliability("process", "SIGKILL skopeo between requests")
@@ -501,12 +506,12 @@ async def test_signature_policy(skopeo: str, oci_image: BuiltImage, tmp_path: Pa
     async with AsyncImageProxy(ImageProxyConfig(policy=reject)) as proxy:
         version = tuple(int(part) for part in proxy.protocol_version.split("."))
         if version >= (0, 2, 6):
-            with pytest.raises(RequestError, match="rejected"):
+            with pytest.raises(PolicyRejectedError, match="rejected"):
                 await proxy.open_image(oci_image.ref)
         else:
-            # Before 0.2.6 the proxy does not enforce the policy at all.
-            async with await proxy.open_image(oci_image.ref):
-                pass
+            # Before 0.2.6 the proxy would not enforce the policy: refused before OpenImage.
+            with pytest.raises(PolicyNotEnforcedError, match="reject"):
+                await proxy.open_image(oci_image.ref)
         policy_arg = Path(f"/proc/{proxy.pid}/cmdline").read_bytes().split(b"\0")
         assert str(reject).encode() in policy_arg
     async with AsyncImageProxy(ImageProxyConfig(insecure_policy=True)) as proxy:
@@ -561,9 +566,11 @@ async def test_decryption_keys_on_this_skopeo(
             # A skopeo that knows the flag reads the key when an image is opened.
             with pytest.raises(RequestError):
                 await proxy.open_image(oci_image.ref)
-    except ProxyExitedError as exc:
-        # skopeo 1.9.3's proxy has no --decryption-key: its refusal is surfaced.
-        assert "unknown flag: --decryption-key" in str(exc)
+    except UnsupportedOptionError as exc:
+        # No image proxy here has --decryption-key: a clear error names the field.
+        assert (exc.option, exc.field) == ("--decryption-key", "decryption_keys")
+        assert "unknown flag: --decryption-key" in exc.stderr
+        assert "decryption_keys" in str(exc) and "encrypted images" in str(exc)
 
 
 async def test_manifest_beyond_pipe_buffer(skopeo: str, tmp_path: Path) -> None:

@@ -16,17 +16,23 @@ import json
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, NamedTuple
 
 import msgspec
 
 from .errors import (
+    AuthenticationError,
     BlobVerificationError,
+    CertificateError,
     ImageNotFoundError,
+    InvalidReferenceError,
+    PolicyRejectedError,
     ProtocolError,
+    ProxyExitedError,
     ProxyTooOldError,
     RequestError,
+    UnsupportedOptionError,
     VerificationError,
 )
 from .oci import Digest
@@ -62,6 +68,9 @@ class ProtocolVersion(NamedTuple):
 #: The oldest protocol this client accepts (GetFullConfig).
 MIN_VERSION = ProtocolVersion(0, 2, 3)
 
+#: The first version whose OpenImage enforces the signature policy.
+POLICY_VERSION = ProtocolVersion(0, 2, 6)
+
 #: Methods that arrived after the oldest accepted version, with the version that added them.
 METHOD_VERSIONS: dict[str, ProtocolVersion] = {
     "OpenImageOptional": ProtocolVersion(0, 2, 4),
@@ -93,6 +102,11 @@ def check_version(version: ProtocolVersion) -> None:
 def supports(method: str, version: ProtocolVersion) -> bool:
     """Whether a proxy speaking ``version`` has ``method``."""
     return version >= METHOD_VERSIONS.get(method, MIN_VERSION)
+
+
+def enforces_policy(version: ProtocolVersion) -> bool:
+    """Whether a proxy speaking ``version`` checks the signature policy at OpenImage."""
+    return version >= POLICY_VERSION
 
 
 def require(method: str, version: ProtocolVersion) -> None:
@@ -135,22 +149,82 @@ def close_fds(fds: Sequence[int]) -> None:
             pass
 
 
+# The proxy reports failures as text (and, from 0.2.8, a coarse code). The kinds a
+# caller must tell apart are recognised here and nowhere else; each pattern is
+# checked against real messages of skopeo 1.9.3, of a current skopeo and of the
+# distribution registry (tests/test_error_classes.py).
+_VERIFICATION = re.compile(r"corrupted blob|expected \d+ bytes in blob|digest mismatch", re.I)
+#: Refusals by the signature policy (OpenImage, protocol 0.2.6+). Fetching a
+#: signature ("reading signature from ...") is transport, not policy.
+_POLICY = re.compile(
+    r"rejected by policy|signature was required|no signature verification policy"
+    r"|(?<!reading )(?<!fetching )\bsignatures?\b|key not found for key id"
+    r"|no public keys imported|openpgp: |docker reference match attempted",
+    re.IGNORECASE,
+)
+_INVALID_REFERENCE = re.compile(
+    r"invalid reference|invalid image name|unknown transport|(?:^|: )invalid image "
+    r"|does not start with //|both a tag and (?:a )?digest|invalid repository name"
+    r"|isn't of the form|is an empty reference|has neither a tag nor a digest"
+    r"|reference does not include a tag|invalid source index|reserved for \(non-shortened\)"
+    r"|does not look like an image id",
+    re.IGNORECASE,
+)
+_CERTIFICATE = re.compile(r"\bx509: |tls: failed to verify", re.IGNORECASE)
+_AUTHENTICATION = re.compile(
+    r"unauthori[sz]ed|authentication required|(?<!permission )\bdenied\b"
+    r"|\bstatus(?:code)?:? 40[13]\b|invalid username/password|incorrect username or password",
+    re.IGNORECASE,
+)
 _NOT_FOUND = re.compile(
     r"manifest unknown|name unknown|blob unknown|unknown blob|not found|no such file"
     r"|does not exist|no such image|reference does not exist|no descriptor found",
     re.IGNORECASE,
 )
 _BROKEN_PIPE = re.compile(r"broken pipe|EPIPE", re.IGNORECASE)
-_VERIFICATION = re.compile(r"corrupted blob|expected \d+ bytes in blob|digest mismatch", re.I)
+_OPEN_METHODS = frozenset({"OpenImage", "OpenImageOptional"})
+
+#: (pattern, error class, only for the methods that open an image), in order.
+_CLASSES: tuple[tuple[re.Pattern[str], type[RequestError], bool], ...] = (
+    (_VERIFICATION, BlobVerificationError, False),
+    (_POLICY, PolicyRejectedError, True),
+    (_INVALID_REFERENCE, InvalidReferenceError, True),
+    (_CERTIFICATE, CertificateError, False),
+    (_AUTHENTICATION, AuthenticationError, False),
+)
 
 
 def request_error(method: str, message: str, code: str | None) -> RequestError:
-    """Build the most specific error for a failure the proxy reported."""
-    if _VERIFICATION.search(message):
-        return BlobVerificationError(method, message, code)
+    """Build the most specific error for a failure the proxy reported.
+
+    The error keeps the proxy's own ``message`` and ``code``.
+    """
+    for pattern, kind, open_only in _CLASSES:
+        if (not open_only or method in _OPEN_METHODS) and pattern.search(message):
+            return kind(method, message, code)
     if _NOT_FOUND.search(message) and code != "retryable":
         return ImageNotFoundError(method, message, code)
     return RequestError(method, message, code)
+
+
+_UNKNOWN_FLAG = re.compile(r"unknown flag: (--[A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def startup_error(
+    error: ProxyExitedError, flags: Mapping[str, tuple[str, str]]
+) -> UnsupportedOptionError | None:
+    """The option skopeo refused at start, when ``error`` says it exited for that.
+
+    ``flags`` maps each option given to skopeo to the configuration field that asked
+    for it and what to do without it. None when the exit had another cause.
+    """
+    if error.method != "Initialize":
+        return None
+    match = _UNKNOWN_FLAG.search(error.stderr)
+    if match is None or match[1] not in flags:
+        return None
+    field, advice = flags[match[1]]
+    return UnsupportedOptionError(match[1], field, error.stderr.strip(), advice)
 
 
 def is_broken_pipe(error: RequestError) -> bool:

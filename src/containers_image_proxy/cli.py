@@ -39,15 +39,20 @@ from ._unpack import unpack
 from ._unpack_types import LayerResult
 from .config import ImageProxyConfig, build_command
 from .errors import (
+    AuthenticationError,
+    CertificateError,
     ConfigurationError,
     ImageNotFoundError,
     ImageProxyError,
     InvalidDigestError,
+    InvalidReferenceError,
+    PolicyNotEnforcedError,
+    PolicyRejectedError,
     ProxyExitedError,
     ProxyFailedError,
-    RequestError,
     SpawnError,
     UnpackError,
+    UnsupportedOptionError,
     VerificationError,
 )
 from .events import (
@@ -80,6 +85,7 @@ __all__ = [
     "EXIT_NOT_FOUND",
     "EXIT_OK",
     "EXIT_OUTPUT",
+    "EXIT_POLICY",
     "EXIT_SPAWN",
     "EXIT_USAGE",
     "EXIT_VERIFICATION",
@@ -115,8 +121,10 @@ EXIT_AUTH: Final = 4
 EXIT_VERIFICATION: Final = 5
 #: The destination (a layout, an output file, standard output) cannot be written.
 EXIT_OUTPUT: Final = 6
-#: skopeo is missing or failed to start.
+#: skopeo is missing, failed to start, or lacks an option that was asked for.
 EXIT_SPAWN: Final = 7
+#: The signature policy refused the image, or this skopeo cannot enforce the policy.
+EXIT_POLICY: Final = 8
 #: Interrupted (Ctrl-C).
 EXIT_INTERRUPTED: Final = 130
 
@@ -141,15 +149,13 @@ exit status:
   {EXIT_AUTH}  authentication failed or required
   {EXIT_VERIFICATION}  verification failed (digest or size mismatch), or a layer refused by unpack
   {EXIT_OUTPUT}  the destination cannot be written
-  {EXIT_SPAWN}  skopeo is missing or failed to start
+  {EXIT_SPAWN}  skopeo is missing, failed to start, or lacks an option asked for
+  {EXIT_POLICY}  the signature policy refused the image, or this skopeo cannot enforce it
   {EXIT_INTERRUPTED}  interrupted
 """
 
 _log = logging.getLogger("containers_image_proxy")
 
-_AUTH_FAILURE = re.compile(
-    r"unauthori[sz]ed|authentication required|\b40[13]\b|(?<!permission )denied", re.IGNORECASE
-)
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
@@ -290,6 +296,19 @@ def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool)
         action="store_true",
         default=flag_default,
         help="run without any signature policy check",
+    )
+    group.add_argument(
+        "--require-signed",
+        action="store_true",
+        default=flag_default,
+        help="refuse images without a signature the policy verifies (newer skopeo only)",
+    )
+    group.add_argument(
+        "--registries.d",
+        metavar="DIR",
+        dest="registries_d",
+        default=default,
+        help="registries.d directory (where signatures are looked up)",
     )
     group.add_argument(
         "--skopeo", metavar="PATH", default=default, help="the skopeo binary (default: skopeo)"
@@ -470,6 +489,8 @@ def _resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--password-stdin needs --username")
     if args.policy is not None and args.insecure_policy:
         parser.error("--policy conflicts with --insecure-policy")
+    if args.require_signed and args.insecure_policy:
+        parser.error("--require-signed conflicts with --insecure-policy")
     try:
         build_command(make_config(args, password="x" if args.username is not None else None))
     except ConfigurationError as exc:
@@ -491,6 +512,8 @@ def make_config(args: argparse.Namespace, password: str | None) -> ImageProxyCon
         skopeo_cmd=[args.skopeo] if args.skopeo is not None else None,
         policy=args.policy,
         insecure_policy=args.insecure_policy,
+        require_signed=args.require_signed,
+        registries_d=args.registries_d,
         override_os=args.override_os,
         override_arch=args.override_arch,
         override_variant=args.override_variant,
@@ -971,10 +994,12 @@ def exit_code_for(exc: BaseException) -> int:
         return exc.code
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED
+    if isinstance(exc, PolicyRejectedError | PolicyNotEnforcedError):
+        return EXIT_POLICY
+    if isinstance(exc, UnsupportedOptionError | SpawnError):
+        return EXIT_SPAWN
     if isinstance(exc, ConfigurationError):
         return EXIT_USAGE
-    if isinstance(exc, SpawnError):
-        return EXIT_SPAWN
     if (
         isinstance(exc, ProxyExitedError)
         and not isinstance(exc, ProxyFailedError)
@@ -987,7 +1012,7 @@ def exit_code_for(exc: BaseException) -> int:
         return EXIT_VERIFICATION
     if isinstance(exc, ImageNotFoundError):
         return EXIT_NOT_FOUND
-    if isinstance(exc, RequestError) and _AUTH_FAILURE.search(exc.message):
+    if isinstance(exc, AuthenticationError):
         return EXIT_AUTH
     if isinstance(exc, ImageProxyError):
         return EXIT_ERROR
@@ -1007,8 +1032,15 @@ def error_message(exc: BaseException) -> str:
     text = " ".join(text.split()) or type(exc).__name__
     if isinstance(exc, SpawnError):
         text += " (is skopeo installed? --skopeo PATH names it)"
-    elif isinstance(exc, RequestError) and "unknown transport" in exc.message:
+    elif isinstance(exc, InvalidReferenceError):
         text += " (references look like docker://HOST/NAME:TAG or oci:DIR:TAG)"
+    elif isinstance(exc, PolicyRejectedError):
+        text += (
+            " (the signature policy refused the image: sign it with a key the policy"
+            " trusts, or fix the policy given by --policy or policy.json)"
+        )
+    elif isinstance(exc, CertificateError):
+        text += " (--cert-dir DIR names a directory with the registry's CA certificate)"
     return text
 
 

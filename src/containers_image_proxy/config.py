@@ -8,6 +8,8 @@ without touching the system, so the translation can be checked on its own.
 from __future__ import annotations
 
 import dataclasses
+import io
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import BinaryIO
@@ -17,9 +19,11 @@ from .errors import ConfigurationError
 __all__ = [
     "AUTH_FD",
     "DEBUG_ENV",
+    "OPTION_FIELDS",
     "ChildCommand",
     "ImageProxyConfig",
     "build_command",
+    "validate",
 ]
 
 #: Environment variable that turns debug output on, whatever the config says.
@@ -41,6 +45,11 @@ class ImageProxyConfig:
     Every field defaults to skopeo's own default. Secrets (``auth_data``,
     ``username`` and ``password``) never reach the child's command line or
     environment: they travel in a private, unlinked file passed by descriptor.
+
+    Every field's type and value is checked when the configuration is made, and
+    options that exclude each other are refused then: :class:`ConfigurationError`
+    names the field. A string where a flag belongs (``"false"``) is an error, never
+    a true value. Paths are ``str`` or :class:`os.PathLike`.
     """
 
     #: Path of a containers-auth.json file (``--authfile``).
@@ -91,6 +100,9 @@ class ImageProxyConfig:
     #: Seconds a pipe may deliver no data before :class:`StallTimeoutError`; None waits forever.
     stall_timeout: float | None = 300.0
 
+    def __post_init__(self) -> None:
+        validate(self)
+
 
 @dataclasses.dataclass(frozen=True)
 class ChildCommand:
@@ -113,6 +125,136 @@ def _flag(argv: list[str], name: str, value: object) -> None:
         argv += [name, os.fspath(value) if isinstance(value, os.PathLike) else str(value)]
 
 
+#: Each option skopeo may be given: the field that asks for it, and what to do when
+#: the installed skopeo lacks it (see :class:`UnsupportedOptionError`).
+OPTION_FIELDS: Mapping[str, tuple[str, str]] = {
+    "--debug": ("debug", ""),
+    "--policy": ("policy", ""),
+    "--insecure-policy": ("insecure_policy", ""),
+    "--require-signed": (
+        "require_signed",
+        "it needs a newer skopeo (its image proxy must also speak protocol 0.2.6 or later"
+        " to enforce signatures); or require signatures in the policy file instead",
+    ),
+    "--registries.d": ("registries_d", ""),
+    "--override-os": ("override_os", ""),
+    "--override-arch": ("override_arch", ""),
+    "--override-variant": ("override_variant", ""),
+    "--tmpdir": ("tmpdir", ""),
+    "--user-agent-prefix": ("user_agent_prefix", "it needs skopeo 1.21 or newer; remove it"),
+    "--tls-details": ("tls_details", "it needs a newer skopeo; remove it"),
+    "--authfile": ("authfile, auth_data or username", ""),
+    "--no-creds": ("auth_anonymous", ""),
+    "--cert-dir": ("certificate_directory", ""),
+    "--decryption-key": (
+        "decryption_keys",
+        "no skopeo's image proxy accepts it yet (skopeo copy does), so encrypted images"
+        " cannot be read through the proxy; remove decryption_keys",
+    ),
+    "--tls-verify": ("insecure_skip_tls_verification", ""),
+    "--shared-blob-dir": ("shared_blob_dir", ""),
+    "--daemon-host": ("daemon_host", ""),
+}
+
+_PATH_FIELDS = (
+    "authfile",
+    "certificate_directory",
+    "policy",
+    "registries_d",
+    "tmpdir",
+    "shared_blob_dir",
+    "tls_details",
+)
+_TEXT_FIELDS = (
+    "username",
+    "password",
+    "override_os",
+    "override_arch",
+    "override_variant",
+    "daemon_host",
+    "user_agent_prefix",
+)
+_FLAG_FIELDS = ("auth_anonymous", "debug", "insecure_policy", "require_signed")
+
+
+def _type_name(value: object) -> str:
+    return type(value).__name__
+
+
+def _check_text(field: str, value: object, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{field} must be a str, got {_type_name(value)}")
+    if not value and not allow_empty:
+        raise ConfigurationError(f"{field} must not be empty")
+    if "\0" in value:
+        raise ConfigurationError(f"{field} must not contain a NUL character")
+    return value
+
+
+def _check_path(field: str, value: object) -> None:
+    if not isinstance(value, str | os.PathLike):
+        raise ConfigurationError(
+            f"{field} must be a path (str or os.PathLike), got {_type_name(value)}"
+        )
+    path = os.fspath(value)
+    if not isinstance(path, str):
+        raise ConfigurationError(f"{field} must be a str path, got {_type_name(path)}")
+    _check_text(field, path)
+
+
+def _check_strings(field: str, value: object) -> None:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise ConfigurationError(f"{field} must be a list of str, got {_type_name(value)}")
+    for item in value:
+        _check_text(f"{field} item", item)
+
+
+def _check_types(config: ImageProxyConfig) -> None:
+    for field in _FLAG_FIELDS:
+        value = getattr(config, field)
+        if not isinstance(value, bool):
+            raise ConfigurationError(f"{field} must be a bool, got {_type_name(value)} {value!r}")
+    tls = config.insecure_skip_tls_verification
+    if tls is not None and not isinstance(tls, bool):
+        raise ConfigurationError(
+            f"insecure_skip_tls_verification must be a bool or None, got {_type_name(tls)} {tls!r}"
+        )
+    for field in _PATH_FIELDS:
+        value = getattr(config, field)
+        if value is not None:
+            _check_path(field, value)
+    for field in _TEXT_FIELDS:
+        value = getattr(config, field)
+        if value is not None:
+            _check_text(field, value, allow_empty=field == "password")
+    if config.username is not None and ":" in config.username:
+        raise ConfigurationError("username must not contain ':'")
+    data = config.auth_data
+    if data is not None and (
+        isinstance(data, io.TextIOBase)
+        or (not isinstance(data, bytes) and not hasattr(data, "read"))
+    ):
+        raise ConfigurationError(
+            f"auth_data must be bytes or a binary file, got {_type_name(data)}"
+        )
+    if config.decryption_keys is not None:
+        _check_strings("decryption_keys", config.decryption_keys)
+    if config.skopeo_cmd is not None:
+        _check_strings("skopeo_cmd", config.skopeo_cmd)
+        if len(config.skopeo_cmd) == 0:
+            raise ConfigurationError("skopeo_cmd must be a non-empty list of arguments")
+    timeout = config.stall_timeout
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or math.isnan(timeout)
+        or not 0 < timeout <= _MAX_TIMEOUT
+    ):
+        raise ConfigurationError(
+            f"stall_timeout must be between 0 and {_MAX_TIMEOUT} seconds (or None), got {timeout!r}"
+        )
+
+
 def _check_conflicts(config: ImageProxyConfig) -> None:
     auth_choices = {
         "authfile": config.authfile is not None,
@@ -132,15 +274,16 @@ def _check_conflicts(config: ImageProxyConfig) -> None:
         raise ConfigurationError("conflicting options: require_signed and insecure_policy")
     if config.override_variant is not None and config.override_arch is None:
         raise ConfigurationError("override_variant needs override_arch")
-    if config.skopeo_cmd is not None and (
-        isinstance(config.skopeo_cmd, str) or len(config.skopeo_cmd) == 0
-    ):
-        raise ConfigurationError("skopeo_cmd must be a non-empty list of arguments")
-    if config.stall_timeout is not None and not 0 < config.stall_timeout <= _MAX_TIMEOUT:
-        raise ConfigurationError(
-            f"stall_timeout must be between 0 and {_MAX_TIMEOUT} seconds (or None),"
-            f" got {config.stall_timeout}"
-        )
+
+
+def validate(config: ImageProxyConfig) -> None:
+    """Check every field's type and value, and options that exclude each other.
+
+    Runs when a configuration is made, and again before a proxy starts (the fields
+    may have been changed in between). Raises :class:`ConfigurationError`.
+    """
+    _check_types(config)
+    _check_conflicts(config)
 
 
 def build_command(
@@ -150,11 +293,12 @@ def build_command(
 
     Pure: nothing is spawned, opened or read. ``environ`` defaults to ``os.environ``
     and is consulted only for ``CONTAINERS_IMAGE_PROXY_DEBUG``.
-    Raises :class:`ConfigurationError` for options that exclude each other.
+    Raises :class:`ConfigurationError` for invalid values and for options that
+    exclude each other.
     """
     config = config or ImageProxyConfig()
     environ = os.environ if environ is None else environ
-    _check_conflicts(config)
+    validate(config)
     debug = config.debug or DEBUG_ENV in environ
 
     argv = list(config.skopeo_cmd) if config.skopeo_cmd is not None else ["skopeo"]

@@ -5,6 +5,22 @@ single ``except ImageProxyError`` catches them all. Subclasses tell what went wr
 and carry what a caller needs to react: the method that failed, the proxy's own
 message and error code, the exit status of a dead proxy, the versions involved.
 ``retryable`` says whether trying the same operation again may succeed.
+
+The proxy's refusals are sorted into types in one place (the protocol core), so
+callers and the command line tell them apart without reading message text::
+
+    ImageProxyError
+    ├── ConfigurationError (ValueError)
+    │   └── UnsupportedOptionError      the installed skopeo lacks an option asked for
+    ├── ProxyTooOldError
+    │   └── PolicyNotEnforcedError      a signature policy applies, the proxy cannot enforce it
+    └── RequestError                    the proxy refused or failed a request
+        ├── ImageNotFoundError
+        ├── PolicyRejectedError         the signature policy refused the image
+        ├── AuthenticationError         credentials missing, refused or denied
+        ├── InvalidReferenceError (ValueError)
+        ├── CertificateError            TLS verification failed
+        └── BlobVerificationError
 """
 
 from __future__ import annotations
@@ -18,6 +34,26 @@ class ImageProxyError(Exception):
 
 class ConfigurationError(ImageProxyError, ValueError):
     """The configuration is invalid, e.g. two options that exclude each other."""
+
+
+class UnsupportedOptionError(ConfigurationError):
+    """The installed skopeo does not accept an option that the configuration asks for.
+
+    skopeo refuses an unknown option at start, before it speaks the protocol; this
+    error replaces the bare "proxy exited" that would follow. ``option`` is skopeo's
+    flag (``"--decryption-key"``), ``field`` the :class:`ImageProxyConfig` field that
+    produced it (``"decryption_keys"``) and ``stderr`` what skopeo said.
+    """
+
+    def __init__(self, option: str, field: str, stderr: str, advice: str = "") -> None:
+        text = (
+            f"the installed skopeo does not accept {option}, which the configuration's"
+            f" {field} asks for: {advice or 'remove it, or use a skopeo that has it'}"
+        )
+        super().__init__(text)
+        self.option = option
+        self.field = field
+        self.stderr = stderr
 
 
 class SpawnError(ImageProxyError, OSError):
@@ -55,6 +91,30 @@ class ProxyTooOldError(ImageProxyError):
         self.method = method
 
 
+class PolicyNotEnforcedError(ProxyTooOldError):
+    """A signature policy applies to the image, but the proxy would not enforce it.
+
+    Proxies older than protocol 0.2.6 accept ``--policy`` and never consult it, so
+    the image is refused before it is opened. ``reference`` is the image, ``source``
+    says which policy applies (a file, or ``require_signed``) and ``requirements``
+    names the requirement types that would have been ignored.
+    """
+
+    def __init__(
+        self, required: str, found: str, reference: str, source: str, requirements: str
+    ) -> None:
+        super().__init__(required, found)
+        self.reference = reference
+        self.source = source
+        self.requirements = requirements
+        self.args = (
+            f"refusing to open {reference}: {source} sets {requirements} for it, which this"
+            f" skopeo's image proxy (protocol {found}) would not enforce; use a skopeo whose"
+            f" image proxy speaks protocol {required} or later (skopeo 1.13 or newer), or opt"
+            " out of signature checks with insecure_policy (--insecure-policy)",
+        )
+
+
 class RequestError(ImageProxyError):
     """The proxy refused or failed a request.
 
@@ -77,6 +137,26 @@ class RequestError(ImageProxyError):
 
 class ImageNotFoundError(RequestError):
     """The image, tag or blob asked for does not exist in the source."""
+
+
+class PolicyRejectedError(RequestError):
+    """The signature policy refused the image (protocol 0.2.6 and later).
+
+    ``message`` is the proxy's reason, e.g. "A signature was required, but no
+    signature exists".
+    """
+
+
+class AuthenticationError(RequestError):
+    """The registry asked for credentials, or refused the ones given."""
+
+
+class InvalidReferenceError(RequestError, ValueError):
+    """The image reference is malformed, empty or names an unknown transport."""
+
+
+class CertificateError(RequestError):
+    """TLS verification of the registry failed (unknown authority, wrong name, expired)."""
 
 
 class VerificationError(ImageProxyError):

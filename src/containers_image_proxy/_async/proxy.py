@@ -26,11 +26,13 @@ from .._backends import AsyncStreamBase as StreamBase
 from .._backends import SyncBackend, prepare_pipe
 from .._image import OpenedImage
 from .._process import ChildProcess, socket_pair
-from ..config import ImageProxyConfig, build_command
+from .._trust import PolicyGuard
+from ..config import OPTION_FIELDS, ImageProxyConfig, build_command
 from ..errors import (
     BusyError,
     ClosedError,
     ImageProxyError,
+    InvalidReferenceError,
     ProtocolError,
     ProxyExitedError,
     ProxyFailedError,
@@ -645,6 +647,7 @@ class AsyncImageProxy:
         self._version = proto.ProtocolVersion(0, 0, 0)
         self._closed = False
         self._images: weakref.WeakSet[OpenedImage] = weakref.WeakSet()
+        self._policy_guard: PolicyGuard | None = None
 
     @property
     def protocol_version(self) -> str:
@@ -687,10 +690,14 @@ class AsyncImageProxy:
             reply = await channel.call("Initialize")
             version = proto.ProtocolVersion.parse(reply.value)
             proto.check_version(version)
-        except BaseException:
+        except BaseException as exc:
             await Backend.run_blocking(child.stop, 1.0)
             sock.close()
             child.close_private_files()
+            if isinstance(exc, ProxyExitedError):
+                unsupported = proto.startup_error(exc, OPTION_FIELDS)
+                if unsupported is not None:
+                    raise unsupported from exc
             raise
         _log.debug("skopeo pid=%d speaks protocol %s", child.pid, version)
         self._version = version
@@ -736,9 +743,14 @@ class AsyncImageProxy:
         if not isinstance(reference, str):
             raise TypeError(f"image reference must be a str, got {type(reference).__name__}")
         if not reference:
-            raise ValueError("image reference is empty")
+            raise InvalidReferenceError(method, "image reference is empty")
         channel = self._live()
         proto.require(method, self._version)
+        if not proto.enforces_policy(self._version):
+            # Fail closed: this proxy would open the image whatever the policy says.
+            if self._policy_guard is None:
+                self._policy_guard = await Backend.run_blocking(PolicyGuard, self.config)
+            await Backend.run_blocking(self._policy_guard.check, reference, str(self._version))
         child = self._child
         assert child is not None
         async with channel.lock:

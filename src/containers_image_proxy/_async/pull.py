@@ -96,7 +96,6 @@ async def pull_async(
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
-    layout = Layout(dest)
     tag = tag if tag is not None else default_tag(reference)
     async with contextlib.AsyncExitStack() as stack:
         if proxy is None:
@@ -107,6 +106,9 @@ async def pull_async(
         else:
             proxies = [proxy]
         images = [await stack.enter_async_context(await p.open_image(reference)) for p in proxies]
+        # Only once the image is open (and the signature policy has allowed it) is
+        # anything written: a refused image leaves no trace in ``dest``.
+        layout = Layout(dest)
         source_digest, raw = await proxies[0].fetch_manifest_raw_oci(images[0])
         manifest = decode_manifest(raw)
         blobs = (manifest.config, *manifest.layers)
