@@ -72,9 +72,7 @@ def is_tar_layer(media_type: str) -> bool:
     return True
 
 
-def fetch_plan(
-    manifest: ImageManifest, infos: list[ConvertedLayerInfo] | None
-) -> list[Descriptor]:
+def fetch_plan(manifest: ImageManifest, infos: list[ConvertedLayerInfo] | None) -> list[Descriptor]:
     """The descriptor to fetch each layer of ``manifest`` by, in order.
 
     Without layer information (``infos`` is None: a proxy older than 0.2.5) these

@@ -86,9 +86,7 @@ async def _open_layer(
     try:
         return await proxy.get_descriptor(image, layer)
     except ImageNotFoundError as exc:
-        raise unavailable(
-            image.reference, layer, exc, proxy.protocol_version, has_info
-        ) from exc
+        raise unavailable(image.reference, layer, exc, proxy.protocol_version, has_info) from exc
 
 
 async def pull_async(
