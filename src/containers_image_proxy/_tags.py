@@ -159,5 +159,7 @@ def parse_destination(
     if not directory:
         raise ValueError(f"destination {dest!r} names no directory")
     if named and tag is not None and named != tag:
-        raise ValueError(f"destination {dest!r} names the tag {named!r}, but tag={tag!r}")
+        raise ValueError(
+            f"destination {dest!r} names the tag {named!r}, but the tag {tag!r} was asked for"
+        )
     return directory, tag if tag is not None else (named or None)
