@@ -51,9 +51,12 @@ OCI_TYPES = {
     "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
     "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
 }
-TRANSPORTS = ["oci", "oci-archive", "docker-archive", "dir", "registry", "storage-gzip"]
-#: The image is stored in containers-storage from its compressed OCI layout.
+#: The image in containers-storage, stored from its compressed OCI layout, and from
+#: the docker archive (plain layers, labelled gzip like the archive's).
 STORED_COMPRESSED = "storage-gzip"
+STORED_PLAIN = "storage-plain"
+TRANSPORTS = ["oci", "oci-archive", "docker-archive", "dir", "registry"]
+TRANSPORTS += [STORED_COMPRESSED, STORED_PLAIN]
 
 
 @dataclass(frozen=True)
@@ -157,17 +160,23 @@ def sources(
     """A reference to the rich image in each transport."""
     layers = storable_layers()
     root = images_root / "interop"
+    archive = build_docker_archive(root / "rich.docker.tar", layers, tag="example.com/rich:v1")
     stored = f"{store}example.com/rich:v1"
     run_skopeo("copy", "--quiet", rich_oci.ref, stored, skopeo=skopeo)
+    # Another configuration: the store keys images by their configuration's digest.
+    plain = build_docker_archive(
+        root / "rich.plain.tar", layers, tag="example.com/rich:v1", labels={"stored": "plain"}
+    )
+    stored_plain = f"{store}example.com/rich-plain:v1"
+    run_skopeo("copy", "--quiet", plain.ref, stored_plain, skopeo=skopeo)
     return {
         "oci": rich_oci.ref,
         "oci-archive": build_oci_archive(root / "rich.oci.tar", layers, tag="v1").ref,
-        "docker-archive": build_docker_archive(
-            root / "rich.docker.tar", layers, tag="example.com/rich:v1"
-        ).ref,
+        "docker-archive": archive.ref,
         "dir": build_dir(root / "dir", layers).ref,
         "registry": plain_registry.push_image(rich_oci, "interop/rich", "v1").ref,
         STORED_COMPRESSED: stored,
+        STORED_PLAIN: stored_plain,
     }
 
 
@@ -246,7 +255,7 @@ def test_pulled_layout_is_read_by_every_tool(
     manifest, rewritten = check_true_layout(dest, tag, str(result.source_digest))
     assert rewritten is result.rewritten
     # Only sources that label plain tar layers gzip, or serve other digests, need it.
-    assert rewritten is (transport in ("docker-archive", STORED_COMPRESSED))
+    assert rewritten is (transport in ("docker-archive", STORED_COMPRESSED, STORED_PLAIN))
     if not rewritten and transport != "docker-archive":
         assert result.manifest_digest == result.source_digest
 
