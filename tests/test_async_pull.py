@@ -21,6 +21,7 @@ from registry import RegistryImage
 
 from containers_image_proxy import (
     AsyncBlob,
+    AsyncImageProxy,
     BlobFinished,
     BlobProgress,
     ImageNotFoundError,
@@ -240,6 +241,32 @@ async def test_stream_layers_states_true_media_types(
     assert [head[:2] == b"\x1f\x8b" for _, head in heads] == [
         t == OCI_LAYER_GZIP for _, _, t, _ in oci_image.layers
     ]
+
+
+async def test_peek_leaves_the_bytes_for_reading(
+    skopeo: str, big_layers_image: BuiltImage, tmp_path: Path
+) -> None:
+    digest, size, _, data = big_layers_image.layers[0]
+    async with AsyncImageProxy() as proxy, await proxy.open_image(big_layers_image.ref) as image:
+        async with await proxy.get_blob(image, digest, size) as blob:
+            assert await blob.peek(10) == data[:10]
+            assert await blob.peek(512) == data[:512]
+            assert blob.bytes_read == 0
+            assert await blob.read(5) == data[:5]
+            assert blob.bytes_read == 5
+            assert data[:5] + await blob.readall() == data
+        async with await proxy.get_blob(image, digest, size) as blob:
+            await blob.peek(100)
+            seen: list[int] = []
+            with open(tmp_path / "copy", "wb") as out:
+                assert await blob.copy_to(out, seen.append) == size
+            assert (tmp_path / "copy").read_bytes() == data and sum(seen) == size
+        # A blob shorter than the peek ends there, verified; reading still gives it all.
+        config = big_layers_image.config
+        async with await proxy.get_blob(image, big_layers_image.config_digest, len(config)) as blob:
+            assert await blob.peek(len(config) + 100) == config
+            assert await blob.read() == config
+            assert await blob.read(1) == b""
 
 
 async def test_stream_layers(skopeo: str, big_layers_image: BuiltImage) -> None:

@@ -26,6 +26,7 @@ from containers_image_proxy import (
     BlobFinished,
     BlobProgress,
     ImageNotFoundError,
+    ImageProxy,
     ImageProxyConfig,
     LayoutError,
     PullEvent,
@@ -240,6 +241,32 @@ def test_stream_layers_states_true_media_types(
     assert [head[:2] == b"\x1f\x8b" for _, head in heads] == [
         t == OCI_LAYER_GZIP for _, _, t, _ in oci_image.layers
     ]
+
+
+def test_peek_leaves_the_bytes_for_reading(
+    skopeo: str, big_layers_image: BuiltImage, tmp_path: Path
+) -> None:
+    digest, size, _, data = big_layers_image.layers[0]
+    with ImageProxy() as proxy, proxy.open_image(big_layers_image.ref) as image:
+        with proxy.get_blob(image, digest, size) as blob:
+            assert blob.peek(10) == data[:10]
+            assert blob.peek(512) == data[:512]
+            assert blob.bytes_read == 0
+            assert blob.read(5) == data[:5]
+            assert blob.bytes_read == 5
+            assert data[:5] + blob.readall() == data
+        with proxy.get_blob(image, digest, size) as blob:
+            blob.peek(100)
+            seen: list[int] = []
+            with open(tmp_path / "copy", "wb") as out:
+                assert blob.copy_to(out, seen.append) == size
+            assert (tmp_path / "copy").read_bytes() == data and sum(seen) == size
+        # A blob shorter than the peek ends there, verified; reading still gives it all.
+        config = big_layers_image.config
+        with proxy.get_blob(image, big_layers_image.config_digest, len(config)) as blob:
+            assert blob.peek(len(config) + 100) == config
+            assert blob.read() == config
+            assert blob.read(1) == b""
 
 
 def test_stream_layers(skopeo: str, big_layers_image: BuiltImage) -> None:
