@@ -15,7 +15,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import child_pids
+from conftest import child_pids, fake_skopeo
 from images import OCI_LAYER_GZIP, OCI_LAYER_TAR, REF_NAME_ANNOTATION, BuiltImage, run_skopeo
 from registry import RegistryImage
 
@@ -267,6 +267,26 @@ async def test_peek_leaves_the_bytes_for_reading(
             assert await blob.peek(len(config) + 100) == config
             assert await blob.read() == config
             assert await blob.read(1) == b""
+
+
+@pytest.mark.parametrize("version", ["0.2.5", "0.2.6", "0.2.7"])
+async def test_layer_info_of_many_layers_inline(
+    version: str, many_layers_image: BuiltImage, tmp_path: Path
+) -> None:
+    # Inline (0.2.5, 0.2.6) the answer overflows its packet: the bytes tell the types.
+    log = tmp_path / "log"
+    config = ImageProxyConfig(skopeo_cmd=fake_skopeo(version, "--log", str(log)))
+    result = await pull_async(many_layers_image.ref, tmp_path / "out", config=config)
+    assert result.manifest_digest == many_layers_image.manifest_digest
+    assert not result.rewritten
+    layers = await stream_layers_async(many_layers_image.ref, no_op, config=config)
+    assert [str(layer.digest) for layer in layers] == many_layers_image.layer_digests
+    methods = [line.split(" ", 1)[0] for line in log.read_text().splitlines()]
+    assert ("GetLayerInfoPiped" if version == "0.2.7" else "GetLayerInfo") in methods
+
+
+async def no_op(layer: Descriptor, blob: AsyncBlob) -> None:
+    pass
 
 
 async def test_stream_layers(skopeo: str, big_layers_image: BuiltImage) -> None:

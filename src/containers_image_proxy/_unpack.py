@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from ._async.proxy import AsyncBlob, AsyncImageProxy
+from ._async.pull import layer_info as layer_info_async
 from ._backends import run_in_thread_until_done
 from ._image import OpenedImage
 from ._layers import fetch_plan, unavailable, with_compression
 from ._sync.proxy import Blob, ImageProxy
+from ._sync.pull import layer_info
 from ._unpack_stream import LayerStream
 from ._unpack_tree import RootfsWriter, _Stopped, discard_tree
 from ._unpack_types import LayerResult, UnpackLimits, UnpackResult
@@ -95,7 +97,7 @@ def _unpack(
             image = stack.enter_context(proxy.open_image(reference))
             digest, manifest = proxy.fetch_manifest(image)
             image_config = proxy.fetch_config(image)
-            infos = proxy.get_layer_info(image) if manifest.layers else None
+            infos = layer_info(proxy, image, manifest)
             layers = _layers(manifest, image_config, infos)
             results: list[LayerResult] = []
             with RootfsWriter(dest, limits=limits, rootless=rootless) as writer:
@@ -208,7 +210,7 @@ async def _unpack_with(
         async with await proxy.open_image(reference) as image:
             digest, manifest = await proxy.fetch_manifest(image)
             image_config = await proxy.fetch_config(image)
-            infos = await proxy.get_layer_info(image) if manifest.layers else None
+            infos = await layer_info_async(proxy, image, manifest)
             layers = _layers(manifest, image_config, infos)
             writer = RootfsWriter(dest, limits=limits, rootless=rootless)
             writer._stop = stop

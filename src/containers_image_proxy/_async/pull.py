@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from .._layers import PREFIX_SIZE, check_uncompressed, fetch_plan, true_layer, u
 from .._layout import SOURCE_DIGEST, Layout
 from .._tags import default_tag, parse_destination, resolve_tag
 from ..config import ImageProxyConfig
-from ..errors import ImageNotFoundError, RequestError, VerificationError
+from ..errors import ImageNotFoundError, ProtocolError, RequestError, VerificationError
 from ..events import (
     BlobFinished,
     BlobProgress,
@@ -42,7 +43,9 @@ from ..oci import (
 )
 from .proxy import AsyncBlob, AsyncImageProxy
 
-__all__ = ["default_tag", "pull_async", "stream_layers_async"]
+__all__ = ["default_tag", "layer_info", "pull_async", "stream_layers_async"]
+
+_log = logging.getLogger("containers_image_proxy")
 
 #: Blobs one proxy streams at once before a pull adds another proxy.
 STREAMS_PER_PROXY = 4
@@ -68,13 +71,23 @@ async def _fetch_config(
         return data
 
 
-async def _layer_info(
+async def layer_info(
     proxy: AsyncImageProxy, image: OpenedImage, manifest: ImageManifest
 ) -> list[ConvertedLayerInfo] | None:
-    """GetLayerInfo's answer where the proxy has it (None before 0.2.5)."""
+    """GetLayerInfo's answer where the proxy can give it, else None.
+
+    None before protocol 0.2.5, and on 0.2.5 and 0.2.6 for images whose answer
+    overflows the inline reply's packet (the layers' bytes then tell their types).
+    """
     if not manifest.layers:
         return None
-    return await proxy.get_layer_info(image)
+    try:
+        return await proxy.get_layer_info(image)
+    except ProtocolError as exc:
+        if proxy.supports("GetLayerInfoPiped") or "packet limit" not in str(exc):
+            raise
+        _log.debug("no layer information for %s: %s", image.reference, exc)
+        return None
 
 
 async def _open_layer(
@@ -146,7 +159,7 @@ async def pull_async(
         tag, tag_origin = await Backend.run_blocking(resolve_tag, reference, tag)
         source_digest, raw = await proxies[0].fetch_manifest_raw_oci(images[0])
         manifest = decode_manifest(raw)
-        infos = await _layer_info(proxies[0], images[0], manifest)
+        infos = await layer_info(proxies[0], images[0], manifest)
         plan = fetch_plan(manifest, infos)
         blobs = (manifest.config, *plan)
         if progress is not None:
@@ -311,7 +324,7 @@ async def stream_layers_async(
             proxy = await stack.enter_async_context(AsyncImageProxy(config))
         image = await stack.enter_async_context(await proxy.open_image(reference))
         _, manifest = await proxy.fetch_manifest(image)
-        infos = await _layer_info(proxy, image, manifest)
+        infos = await layer_info(proxy, image, manifest)
         handed: list[Descriptor] = []
         for listed, fetched in zip(manifest.layers, fetch_plan(manifest, infos), strict=True):
             async with await _open_layer(proxy, image, fetched, infos is not None) as blob:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from .._layers import PREFIX_SIZE, check_uncompressed, fetch_plan, true_layer, u
 from .._layout import SOURCE_DIGEST, Layout
 from .._tags import default_tag, parse_destination, resolve_tag
 from ..config import ImageProxyConfig
-from ..errors import ImageNotFoundError, RequestError, VerificationError
+from ..errors import ImageNotFoundError, ProtocolError, RequestError, VerificationError
 from ..events import (
     BlobFinished,
     BlobProgress,
@@ -44,7 +45,9 @@ from ..oci import (
 )
 from .proxy import Blob, ImageProxy
 
-__all__ = ["default_tag", "pull", "stream_layers"]
+__all__ = ["default_tag", "layer_info", "pull", "stream_layers"]
+
+_log = logging.getLogger("containers_image_proxy")
 
 #: Blobs one proxy streams at once before a pull adds another proxy.
 STREAMS_PER_PROXY = 4
@@ -68,13 +71,23 @@ def _fetch_config(proxy: ImageProxy, image: OpenedImage, descriptor: Descriptor)
         return data
 
 
-def _layer_info(
+def layer_info(
     proxy: ImageProxy, image: OpenedImage, manifest: ImageManifest
 ) -> list[ConvertedLayerInfo] | None:
-    """GetLayerInfo's answer where the proxy has it (None before 0.2.5)."""
+    """GetLayerInfo's answer where the proxy can give it, else None.
+
+    None before protocol 0.2.5, and on 0.2.5 and 0.2.6 for images whose answer
+    overflows the inline reply's packet (the layers' bytes then tell their types).
+    """
     if not manifest.layers:
         return None
-    return proxy.get_layer_info(image)
+    try:
+        return proxy.get_layer_info(image)
+    except ProtocolError as exc:
+        if proxy.supports("GetLayerInfoPiped") or "packet limit" not in str(exc):
+            raise
+        _log.debug("no layer information for %s: %s", image.reference, exc)
+        return None
 
 
 def _open_layer(
@@ -144,7 +157,7 @@ def pull(
         tag, tag_origin = Backend.run_blocking(resolve_tag, reference, tag)
         source_digest, raw = proxies[0].fetch_manifest_raw_oci(images[0])
         manifest = decode_manifest(raw)
-        infos = _layer_info(proxies[0], images[0], manifest)
+        infos = layer_info(proxies[0], images[0], manifest)
         plan = fetch_plan(manifest, infos)
         blobs = (manifest.config, *plan)
         if progress is not None:
@@ -309,7 +322,7 @@ def stream_layers(
             proxy = stack.enter_context(ImageProxy(config))
         image = stack.enter_context(proxy.open_image(reference))
         _, manifest = proxy.fetch_manifest(image)
-        infos = _layer_info(proxy, image, manifest)
+        infos = layer_info(proxy, image, manifest)
         handed: list[Descriptor] = []
         for listed, fetched in zip(manifest.layers, fetch_plan(manifest, infos), strict=True):
             with _open_layer(proxy, image, fetched, infos is not None) as blob:
