@@ -160,6 +160,10 @@ def test_index_digest_is_the_platform_s(
     )
     assert report["Layers"] == arm64.layer_digests
     assert report["Labels"] == {}  # empty in the configuration, not null
+    # Deliberate: --raw prints the platform's manifest; skopeo prints the index.
+    raw = ours(*platform, "inspect", "--raw", oci_index_image.ref)
+    assert raw == arm64.manifest
+    assert theirs(skopeo_bin, "--raw", oci_index_image.ref) == oci_index_image.index
 
 
 # --------------------------------------------------------------------------- registry
