@@ -420,7 +420,7 @@ def test_credentials(auth_registry: Registry, private_image: RegistryImage) -> N
         stdin=auth_registry.password.encode() + b"\n",
     )
     assert proc.returncode == EXIT_OK, proc.stderr.decode()
-    assert json.loads(proc.stdout)["digest"] == digest
+    assert json.loads(proc.stdout)["Digest"] == digest
     proc = run_cli(
         *certs,
         *user,
