@@ -815,7 +815,7 @@ def cmd_inspect(args: argparse.Namespace, config: ImageProxyConfig) -> int:
             return EXIT_OK
         full_config = proxy.fetch_config_raw(image)
         original_config = None
-        if not converted:
+        if not converted and (args.raw or not args.config):
             # The configuration blob as stored: GetFullConfig re-serialises it.
             with proxy.get_descriptor(image, decode_manifest(raw).config) as blob:
                 original_config = blob.readall()
