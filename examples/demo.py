@@ -84,8 +84,8 @@ def main() -> None:
             status = cli.main(["pull", reference, str(dest), "--jobs", "4"])
             if status:
                 raise SystemExit(status)
-            print(f"$ containers-image-proxy inspect oci:{dest}:latest")
-            cli.main(["inspect", f"oci:{dest}:latest"])
+            print(f"$ containers-image-proxy inspect --format table oci:{dest}:latest")
+            cli.main(["inspect", "--format", "table", f"oci:{dest}:latest"])
         print("\nthe same images through the Python API:")
         for reference in references:
             fetch_blocking(reference)

@@ -26,6 +26,7 @@ from ._unpack_types import (
     UnpackResult,
     UnsafeLayerError,
 )
+from ._version import package_version as _package_version
 from .config import ImageProxyConfig
 from .errors import (
     AuthenticationError,
@@ -61,6 +62,9 @@ from .events import (
     PullStarted,
 )
 from .oci import ConvertedLayerInfo, Descriptor, Digest, ImageConfiguration, ImageManifest
+
+#: This package's version, from its installed metadata (``0+unknown`` when not installed).
+__version__: str = _package_version()
 
 __all__ = [
     "AsyncBlob",
@@ -117,6 +121,7 @@ __all__ = [
     "UnsafeLayerError",
     "UnsupportedOptionError",
     "VerificationError",
+    "__version__",
     "detect_compression",
     "open_layer",
     "pull",

@@ -32,12 +32,26 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, Final, NoReturn
 
 from rich.filesize import decimal as human_size
 
+from ._inspect import (
+    InspectedImage,
+    TemplateError,
+    check_template,
+    go_json,
+    inspect_table,
+    is_json_format,
+    manifest_converted,
+    raw_config_note,
+    raw_manifest_note,
+    render_template,
+    skopeo_inspect,
+)
 from ._layout import LayoutError
 from ._sync.proxy import ImageProxy
 from ._sync.pull import pull
 from ._tags import parse_destination
 from ._unpack import unpack
 from ._unpack_types import LayerResult
+from ._version import VersionAction, package_version
 from .config import ImageProxyConfig, build_command
 from .errors import (
     AuthenticationError,
@@ -66,10 +80,8 @@ from .events import (
     blob_progress,
 )
 from .oci import (
-    MEDIA_TYPE_IMAGE_MANIFEST,
     Descriptor,
     Digest,
-    ImageConfiguration,
     ImageManifest,
     decode_manifest,
     encode,
@@ -97,7 +109,6 @@ __all__ = [
     "build_parser",
     "error_message",
     "exit_code_for",
-    "inspect_data",
     "main",
     "make_config",
     "parse_args",
@@ -354,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=VersionAction)
     _add_global_options(parser, after_command=False)
     common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     _add_global_options(common, after_command=True)
@@ -379,13 +390,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = command(
         "inspect",
-        "show an image's digest, platform, layers and labels",
-        "Show the digest, media type, platform, creation time, layers and labels of an image."
-        " With --json: one object with the keys reference, digest, manifest_digest (sha256 of"
-        " the OCI manifest), media_type, os, architecture, variant, created, labels, layers"
-        " ([{digest, size, media_type}]), layer_count and total_size (of the layers).",
+        "show an image as skopeo inspect does",
+        "Print what `skopeo inspect` prints: one JSON object with the keys Name (for"
+        " references that carry a repository name), Digest, RepoTags, Created,"
+        " DockerVersion, Labels, Architecture, Os, Layers, LayersData and Env. RepoTags"
+        " is always empty (as with skopeo's --no-tags). --raw prints the manifest,"
+        " --config the configuration, --raw --config its bytes. For a Docker schema 2"
+        " source the proxy returns the OCI conversion, and --raw says so on standard"
+        " error. See docs/cli.md for every difference from skopeo.",
     )
-    inspect.add_argument("--json", action="store_true", help="print one JSON object")
+    inspect.add_argument(
+        "-f",
+        "--format",
+        metavar="FORMAT",
+        help="json (the default), table (a human-readable layout), or a template of"
+        " {{.Field}} such as '{{.Digest}}'",
+    )
+    inspect.add_argument(
+        "--json",
+        dest="format",
+        action="store_const",
+        const="json",
+        help="the same as --format json",
+    )
+    inspect.add_argument("--raw", action="store_true", help="print the manifest as returned")
+    inspect.add_argument(
+        "--config", action="store_true", help="print the image configuration instead"
+    )
+    inspect.add_argument(
+        "-n",
+        "--no-tags",
+        action="store_true",
+        help="accepted for skopeo's sake: repository tags are never listed",
+    )
     command(
         "manifest",
         "print the image's OCI manifest",
@@ -457,12 +494,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("containers-image-proxy")
-    except PackageNotFoundError:
-        return "unknown"
+    """This package's version (``--version`` also reports skopeo's and the protocol's)."""
+    return package_version()
 
 
 def _resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -757,65 +790,62 @@ def _layers_json(manifest: ImageManifest) -> list[dict[str, Any]]:
     ]
 
 
-def inspect_data(
-    reference: str,
-    digest: Digest,
-    raw_manifest: bytes,
-    manifest: ImageManifest,
-    config: ImageConfiguration,
-) -> dict[str, Any]:
-    """What ``inspect --json`` prints for an image."""
-    labels = config.config.labels if config.config is not None else None
-    return {
-        "reference": reference,
-        "digest": str(digest),
-        "manifest_digest": str(Digest.from_bytes(raw_manifest)),
-        "media_type": manifest.media_type or MEDIA_TYPE_IMAGE_MANIFEST,
-        "os": config.os,
-        "architecture": config.architecture,
-        "variant": config.variant,
-        "created": config.created,
-        "labels": dict(labels or {}),
-        "layers": _layers_json(manifest),
-        "layer_count": len(manifest.layers),
-        "total_size": sum(layer.size for layer in manifest.layers),
-    }
+def _note(text: str) -> None:
+    print(f"{PROG}: note: {text}", file=sys.stderr, flush=True)
 
 
-def _inspect_text(data: Mapping[str, Any]) -> str:
-    platform = "/".join(
-        part for part in (data["os"], data["architecture"], data["variant"]) if part
-    )
-    lines = [
-        f"Reference:   {data['reference']}",
-        f"Digest:      {data['digest']}",
-    ]
-    if data["manifest_digest"] != data["digest"]:
-        lines.append(f"OCI digest:  {data['manifest_digest']}")
-    lines += [
-        f"Media type:  {data['media_type']}",
-        f"Platform:    {platform}",
-        f"Created:     {data['created'] or '-'}",
-        f"Layers:      {data['layer_count']} ({human_size(data['total_size'])})",
-    ]
-    for layer in data["layers"]:
-        lines.append(f"  {layer['digest']}  {human_size(layer['size']):>9}  {layer['media_type']}")
-    labels: Mapping[str, str] = data["labels"]
-    lines.append("Labels:" + ("" if labels else "      -"))
-    lines += [f"  {key}={value}" for key, value in sorted(labels.items())]
-    return "\n".join(lines) + "\n"
+def _inspect_format(args: argparse.Namespace) -> str:
+    """Check ``inspect``'s options before anything starts; returns the output format."""
+    text: str | None = args.format
+    if args.raw and text is not None:
+        raise CliError("--raw does not take --format (as in skopeo)", EXIT_USAGE)
+    if text is None or is_json_format(text):
+        return "json"
+    if args.config:
+        raise CliError("--config prints JSON: --format takes only json with it", EXIT_USAGE)
+    if text.strip() == "table":
+        return "table"
+    try:
+        check_template(text)
+    except TemplateError as exc:
+        raise CliError(f"--format: {exc}", EXIT_USAGE) from None
+    return text
 
 
 def cmd_inspect(args: argparse.Namespace, config: ImageProxyConfig) -> int:
-    """``inspect REF [--json]``."""
+    """``inspect REF [--format F] [--raw] [--config]``: what ``skopeo inspect`` prints."""
+    output = _inspect_format(args)
     with ImageProxy(config) as proxy, proxy.open_image(args.reference) as image:
         digest, raw = proxy.fetch_manifest_raw_oci(image)
-        image_config = proxy.fetch_config(image)
-    data = inspect_data(args.reference, digest, raw, decode_manifest(raw), image_config)
-    if args.json:
-        _print_json(data)
+        converted = manifest_converted(digest, raw)
+        if args.raw and not args.config:
+            if converted:
+                _note(raw_manifest_note(args.reference, digest, Digest.from_bytes(raw)))
+            _write_stdout(raw)
+            return EXIT_OK
+        full_config = proxy.fetch_config_raw(image)
+        original_config = None
+        if not converted and (args.raw or not args.config):
+            # The configuration blob as stored: GetFullConfig re-serialises it.
+            with proxy.get_descriptor(image, decode_manifest(raw).config) as blob:
+                original_config = blob.readall()
+    if args.config and args.raw:
+        if original_config is None:
+            printed = Digest.from_bytes(full_config)
+            _note(raw_config_note(args.reference, digest, printed))
+        _write_stdout(full_config if original_config is None else original_config)
+        return EXIT_OK
+    if args.config:
+        _write_stdout(go_json(json.loads(full_config)))
+        return EXIT_OK
+    inspected = InspectedImage(args.reference, digest, raw, full_config, original_config)
+    report = skopeo_inspect(inspected)
+    if output == "json":
+        _write_stdout(go_json(report))
+    elif output == "table":
+        _write_stdout(inspect_table(inspected, report))
     else:
-        _write_stdout(_inspect_text(data))
+        _write_stdout(render_template(output, report))
     return EXIT_OK
 
 
