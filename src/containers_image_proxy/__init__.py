@@ -27,6 +27,7 @@ from ._unpack_types import (
 )
 from .config import ImageProxyConfig
 from .errors import (
+    AccessDeniedError,
     BlobVerificationError,
     BusyError,
     ClosedError,
@@ -55,6 +56,7 @@ from .events import (
 from .oci import ConvertedLayerInfo, Descriptor, Digest, ImageConfiguration, ImageManifest
 
 __all__ = [
+    "AccessDeniedError",
     "AsyncBlob",
     "AsyncImageProxy",
     "AsyncRawBlob",

@@ -22,6 +22,7 @@ from typing import Annotated, Any, NamedTuple
 import msgspec
 
 from .errors import (
+    AccessDeniedError,
     BlobVerificationError,
     ImageNotFoundError,
     ProtocolError,
@@ -137,9 +138,11 @@ def close_fds(fds: Sequence[int]) -> None:
 
 _NOT_FOUND = re.compile(
     r"manifest unknown|name unknown|blob unknown|unknown blob|not found|no such file"
-    r"|does not exist|no such image|reference does not exist|no descriptor found",
+    r"|does not exist|no such image|reference does not exist|no descriptor found"
+    r"|does not resolve to an image ID|image not known|layer not known",
     re.IGNORECASE,
 )
+_ACCESS_DENIED = re.compile(r"permission denied|operation not permitted", re.IGNORECASE)
 _BROKEN_PIPE = re.compile(r"broken pipe|EPIPE", re.IGNORECASE)
 _VERIFICATION = re.compile(r"corrupted blob|expected \d+ bytes in blob|digest mismatch", re.I)
 
@@ -148,9 +151,47 @@ def request_error(method: str, message: str, code: str | None) -> RequestError:
     """Build the most specific error for a failure the proxy reported."""
     if _VERIFICATION.search(message):
         return BlobVerificationError(method, message, code)
+    if _ACCESS_DENIED.search(message):
+        return AccessDeniedError(method, message, code)
     if _NOT_FOUND.search(message) and code != "retryable":
         return ImageNotFoundError(method, message, code)
     return RequestError(method, message, code)
+
+
+STORAGE_TRANSPORT = "containers-storage:"
+_STORE_SPEC = re.compile(r"^\[[^\]]*\]")
+_IMAGE_ID = re.compile(r"@?([0-9a-f]{64})")
+_STORAGE_HINT = (
+    "this process lacks the privileges the store needs: run as the store's owner, and for"
+    " a rootless store inside its user namespace (skopeo_cmd=['podman', 'unshare', 'skopeo'])"
+)
+
+
+def is_storage_missing(reference: str, error: RequestError) -> bool:
+    """Whether ``error`` says that the ``containers-storage:`` image ``reference`` is missing.
+
+    OpenImageOptional answers None then; skopeo reports some of these as failures.
+    """
+    return reference.startswith(STORAGE_TRANSPORT) and isinstance(error, ImageNotFoundError)
+
+
+def open_error(reference: str, error: RequestError) -> RequestError:
+    """The error to raise when OpenImage of ``reference`` failed with ``error``.
+
+    For ``containers-storage:`` references, an image ID that the store lacks (skopeo
+    then fails to parse the ID as a name) becomes :class:`ImageNotFoundError`, and a
+    denied access says what the store needs.
+    """
+    if not reference.startswith(STORAGE_TRANSPORT):
+        return error
+    name = _STORE_SPEC.sub("", reference[len(STORAGE_TRANSPORT) :], count=1)
+    match = _IMAGE_ID.fullmatch(name)
+    if match and "64-byte hexadecimal" in error.message:
+        message = f"no image with ID {match.group(1)} in the store ({error.message})"
+        return ImageNotFoundError(error.method, message, error.code)
+    if isinstance(error, AccessDeniedError):
+        return AccessDeniedError(error.method, f"{error.message} ({_STORAGE_HINT})", error.code)
+    return error
 
 
 def is_broken_pipe(error: RequestError) -> bool:

@@ -739,6 +739,7 @@ class AsyncImageProxy:
             raise ValueError("image reference is empty")
         channel = self._live()
         proto.require(method, self._version)
+        optional = method == "OpenImageOptional"
         child = self._child
         assert child is not None
         async with channel.lock:
@@ -747,8 +748,14 @@ class AsyncImageProxy:
             if credentials is not None and host is not None:
                 child.set_registry_auth(proto.auth_file_contents(host, *credentials))
             await channel.send(method, [reference])
-            reply = await channel.receive(method)
-        handle = proto.image_handle(method, reply.value, optional=method == "OpenImageOptional")
+            try:
+                reply = await channel.receive(method)
+            except RequestError as exc:
+                failure = proto.open_error(reference, exc)
+                if optional and proto.is_storage_missing(reference, failure):
+                    return None
+                raise failure from None
+        handle = proto.image_handle(method, reply.value, optional=optional)
         if handle == 0:
             return None
         image = OpenedImage(self, handle, reference)

@@ -735,6 +735,7 @@ class ImageProxy:
             raise ValueError("image reference is empty")
         channel = self._live()
         proto.require(method, self._version)
+        optional = method == "OpenImageOptional"
         child = self._child
         assert child is not None
         with channel.lock:
@@ -743,8 +744,14 @@ class ImageProxy:
             if credentials is not None and host is not None:
                 child.set_registry_auth(proto.auth_file_contents(host, *credentials))
             channel.send(method, [reference])
-            reply = channel.receive(method)
-        handle = proto.image_handle(method, reply.value, optional=method == "OpenImageOptional")
+            try:
+                reply = channel.receive(method)
+            except RequestError as exc:
+                failure = proto.open_error(reference, exc)
+                if optional and proto.is_storage_missing(reference, failure):
+                    return None
+                raise failure from None
+        handle = proto.image_handle(method, reply.value, optional=optional)
         if handle == 0:
             return None
         image = OpenedImage(self, handle, reference)
