@@ -108,6 +108,23 @@ def tar_bytes(entries: Iterable[Entry], *, fmt: int = tarfile.PAX_FORMAT) -> byt
     return buffer.getvalue()
 
 
+def without_end(tar: bytes) -> bytes:
+    """``tar`` without its end-of-archive blocks and padding (its entries only)."""
+    end = len(tar)
+    while end >= 512 and not any(tar[end - 512 : end]):
+        end -= 512
+    return tar[:end]
+
+
+def continued_tar(first: Iterable[Entry], then: Iterable[Entry], zero_blocks: int) -> bytes:
+    """A tar of ``first``, ``zero_blocks`` zero blocks, then a whole tar of ``then``.
+
+    With one zero block, Go's archive/tar (umoci) refuses the stream; with two, it
+    stops at them and never sees ``then``, while ``tar --ignore-zeros`` extracts it.
+    """
+    return without_end(tar_bytes(first)) + bytes(512 * zero_blocks) + tar_bytes(then)
+
+
 def compress(tar: bytes, compression: str) -> bytes:
     if compression == "none":
         return tar

@@ -13,11 +13,12 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import child_pids
-from images import BuiltImage, run_skopeo
+from conftest import child_pids, fake_skopeo
+from images import OCI_LAYER_GZIP, OCI_LAYER_TAR, REF_NAME_ANNOTATION, BuiltImage, run_skopeo
 from registry import RegistryImage
 
 from containers_image_proxy import (
@@ -25,6 +26,7 @@ from containers_image_proxy import (
     BlobFinished,
     BlobProgress,
     ImageNotFoundError,
+    ImageProxy,
     ImageProxyConfig,
     LayoutError,
     PullEvent,
@@ -89,6 +91,43 @@ def test_pull_docker_archive(skopeo: str, docker_archive_image: BuiltImage, tmp_
     stored = (dest / "blobs" / "sha256" / result.manifest_digest.encoded).read_bytes()
     assert hashlib.sha256(stored).hexdigest() == result.manifest_digest.encoded
     check_layout(dest, "v1", docker_archive_image)
+
+
+def files_state(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Inode, mtime and size of every file and directory under ``root``."""
+    state = {}
+    for path in [root, *root.rglob("*")]:
+        st = path.lstat()
+        state[str(path.relative_to(root))] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return state
+
+
+def test_repull_writes_nothing(
+    skopeo: str, docker_archive_image: BuiltImage, oci_image: BuiltImage, tmp_path: Path
+) -> None:
+    dest = tmp_path / "out"
+    first = pull(docker_archive_image.ref, dest)
+    assert first.rewritten  # the case where the stored manifest is ours
+    pull(oci_image.ref, dest, tag="other")
+    before = files_state(dest)
+    for reference, tag in ((docker_archive_image.ref, None), (oci_image.ref, "other")):
+        again = pull(reference, dest, tag=tag)
+        assert again.fetched == () and again.bytes_fetched == 0
+        assert files_state(dest) == before  # not even the manifest blob or index.json
+    assert again.manifest_digest == oci_image.manifest_digest
+    # A damaged manifest blob is written again (it is not "present and correct").
+    manifest = dest / "blobs" / "sha256" / first.manifest_digest.encoded
+    manifest.write_bytes(b"{}")
+    pull(docker_archive_image.ref, dest)
+    assert hashlib.sha256(manifest.read_bytes()).hexdigest() == first.manifest_digest.encoded
+    # An index entry with another tag adds to index.json, and only then.
+    pull(docker_archive_image.ref, dest, tag="third")
+    index = json.loads((dest / "index.json").read_bytes())
+    assert sorted(m["annotations"][REF_NAME_ANNOTATION] for m in index["manifests"]) == [
+        "latest",
+        "other",
+        "third",
+    ]
 
 
 def test_pull_archive_and_dir_sources(
@@ -177,6 +216,77 @@ def test_failed_pull_leaves_no_temporary_files(
     leftovers = [p for p in (tmp_path / "out" / "blobs" / "sha256").iterdir() if p.name[0] == "."]
     assert leftovers == []
     assert not (tmp_path / "out" / "index.json").exists()
+
+
+def test_stream_layers_states_true_media_types(
+    skopeo: str, docker_archive_image: BuiltImage, oci_image: BuiltImage
+) -> None:
+    heads: list[tuple[Descriptor, bytes]] = []
+
+    def consume(layer: Descriptor, blob: Blob) -> None:
+        heads.append((layer, blob.read(512)))
+
+    # docker-archive: the proxy labels these plain tar layers gzip; the bytes win.
+    layers = stream_layers(docker_archive_image.ref, consume)
+    assert [str(layer.digest) for layer in layers] == docker_archive_image.layer_digests
+    assert {layer.media_type for layer in layers} == {OCI_LAYER_TAR}
+    assert [layer for layer, _ in heads] == layers
+    for _, head in heads:
+        assert not head.startswith(b"\x1f\x8b")
+        assert tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape").name
+    # A source whose labels are true: the manifest's own descriptors.
+    heads.clear()
+    layers = stream_layers(oci_image.ref, consume)
+    assert [layer.media_type for layer in layers] == [t for _, _, t, _ in oci_image.layers]
+    assert [head[:2] == b"\x1f\x8b" for _, head in heads] == [
+        t == OCI_LAYER_GZIP for _, _, t, _ in oci_image.layers
+    ]
+
+
+def test_peek_leaves_the_bytes_for_reading(
+    skopeo: str, big_layers_image: BuiltImage, tmp_path: Path
+) -> None:
+    digest, size, _, data = big_layers_image.layers[0]
+    with ImageProxy() as proxy, proxy.open_image(big_layers_image.ref) as image:
+        with proxy.get_blob(image, digest, size) as blob:
+            assert blob.peek(10) == data[:10]
+            assert blob.peek(512) == data[:512]
+            assert blob.bytes_read == 0
+            assert blob.read(5) == data[:5]
+            assert blob.bytes_read == 5
+            assert data[:5] + blob.readall() == data
+        with proxy.get_blob(image, digest, size) as blob:
+            blob.peek(100)
+            seen: list[int] = []
+            with open(tmp_path / "copy", "wb") as out:
+                assert blob.copy_to(out, seen.append) == size
+            assert (tmp_path / "copy").read_bytes() == data and sum(seen) == size
+        # A blob shorter than the peek ends there, verified; reading still gives it all.
+        config = big_layers_image.config
+        with proxy.get_blob(image, big_layers_image.config_digest, len(config)) as blob:
+            assert blob.peek(len(config) + 100) == config
+            assert blob.read() == config
+            assert blob.read(1) == b""
+
+
+@pytest.mark.parametrize("version", ["0.2.5", "0.2.6", "0.2.7"])
+def test_layer_info_of_many_layers_inline(
+    version: str, many_layers_image: BuiltImage, tmp_path: Path
+) -> None:
+    # Inline (0.2.5, 0.2.6) the answer overflows its packet: the bytes tell the types.
+    log = tmp_path / "log"
+    config = ImageProxyConfig(skopeo_cmd=fake_skopeo(version, "--log", str(log)))
+    result = pull(many_layers_image.ref, tmp_path / "out", config=config)
+    assert result.manifest_digest == many_layers_image.manifest_digest
+    assert not result.rewritten
+    layers = stream_layers(many_layers_image.ref, no_op, config=config)
+    assert [str(layer.digest) for layer in layers] == many_layers_image.layer_digests
+    methods = [line.split(" ", 1)[0] for line in log.read_text().splitlines()]
+    assert ("GetLayerInfoPiped" if version == "0.2.7" else "GetLayerInfo") in methods
+
+
+def no_op(layer: Descriptor, blob: Blob) -> None:
+    pass
 
 
 def test_stream_layers(skopeo: str, big_layers_image: BuiltImage) -> None:

@@ -27,6 +27,7 @@ from hostile_layers import (
     TarLayer,
     build,
     compress,
+    continued_tar,
     directory,
     edit_config,
     file,
@@ -38,6 +39,7 @@ from hostile_layers import (
     symlink,
     tar_bytes,
     whiteout,
+    without_end,
 )
 from images import (
     OCI_LAYER_GZIP,
@@ -62,6 +64,7 @@ from containers_image_proxy import (
     LayerStream,
     LimitExceededError,
     RootfsWriter,
+    TarTrailerError,
     UnpackError,
     UnpackLimits,
     UnsafeLayerError,
@@ -622,6 +625,58 @@ def test_malformed_tars(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path / "empty")) == ["a", "b"]
 
 
+def test_tar_trailers(tmp_path: Path) -> None:
+    entries = without_end(tar_bytes([file("a", b"1")]))
+    header = tar_bytes([file("b")])[:512]
+    refused = {
+        "one zero block, then an entry": entries + bytes(512) + tar_bytes([file("b")]),
+        "one zero block, then junk": entries + bytes(512) + b"junk" + bytes(508),
+        "one zero block, then a partial block": entries + bytes(512) + b"x" * 100,
+        "a header far after the end": entries + bytes(512 * 30) + header + bytes(1024),
+        "a header after the end, zstd-sized chunks": entries + bytes(3 << 20) + header,
+    }
+    for index, (case, tar) in enumerate(refused.items()):
+        with pytest.raises(TarTrailerError) as info:
+            apply_layers(tmp_path / f"refused{index}", tar)
+        assert info.value.offset >= len(entries) + 512, case
+    accepted = {
+        "a single zero block at the end": entries + bytes(512),
+        "a single zero block and a partial zero block": entries + bytes(512 + 100),
+        "junk after the end blocks": entries + bytes(1024) + b"junk" * 300,
+        "zero padding to a record": tar_bytes([file("a", b"1")]),
+        "no end blocks at all": entries,
+    }
+    for index, (case, tar) in enumerate(accepted.items()):
+        dest = tmp_path / f"accepted{index}"
+        apply_layers(dest, tar)
+        assert os.listdir(dest) == ["a"], case
+
+
+def test_umoci_refuses_or_hides_entries_after_a_zero_block(
+    umoci: str, skopeo: str, tmp_path: Path
+) -> None:
+    """Why such layers are refused: tools disagree about what they hold."""
+    for blocks in (1, 2):
+        tar = continued_tar([file("a")], [file("hidden", b"x")], blocks)
+        image = build(tmp_path / f"image{blocks}", raw_layer(tar, "gzip"))
+        bundle = tmp_path / f"bundle{blocks}"
+        run = subprocess.run(
+            [umoci, "unpack", "--image", f"{image.path}:latest", str(bundle)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        with tarfile.open(fileobj=io.BytesIO(tar), ignore_zeros=True) as reader:
+            assert reader.getnames() == ["a", "hidden"]  # what tar --ignore-zeros extracts
+        if blocks == 1:
+            assert run.returncode != 0 and "invalid tar header" in run.stderr
+        else:
+            assert run.returncode == 0, run.stderr
+            assert sorted(os.listdir(bundle / "rootfs")) == ["a"]  # "hidden" is hidden
+        with pytest.raises(TarTrailerError):
+            unpack(image.ref, tmp_path / f"ours{blocks}")
+
+
 # --------------------------------------------------------------------------- hostile layers
 
 
@@ -872,6 +927,16 @@ def _cases(outside: str) -> dict[str, tuple[list[TarLayer], object, dict[str, in
         "zstd-labelled-plain": (
             [layer(file("a"), compression="zstd", label=OCI_LAYER_TAR)],
             CompressionMismatchError,
+            {},
+        ),
+        "entries-after-one-zero-block": (
+            [raw_layer(continued_tar([file("a")], [file("hidden", b"x")], 1), "gzip")],
+            TarTrailerError,
+            {},
+        ),
+        "entries-after-the-end-blocks": (
+            [raw_layer(continued_tar([file("a")], [file("hidden", b"x")], 2), "none")],
+            TarTrailerError,
             {},
         ),
     }

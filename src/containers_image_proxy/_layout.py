@@ -19,6 +19,9 @@ from .errors import ImageProxyError
 from .oci import MEDIA_TYPE_IMAGE_INDEX, Digest
 
 REF_NAME = "org.opencontainers.image.ref.name"
+#: Annotation of a manifest that a pull corrected (see ``pull``): the digest of the
+#: source's own manifest.
+SOURCE_DIGEST = "containers-image-proxy.source.digest"
 _HASH_CHUNK = 1 << 20
 
 
@@ -123,8 +126,31 @@ class Layout:
         with self.new_blob(digest) as f:
             f.write(data)
 
-    def add_manifest(self, descriptor: dict[str, Any], tag: str | None) -> None:
-        """Name a manifest in index.json (replacing the entry of the same tag)."""
+    def put_blob(self, digest: Digest, data: bytes) -> bool:
+        """Store ``data`` as the blob ``digest`` unless it is already there, whole.
+
+        Returns whether it was written.
+        """
+        if self.has_blob(digest, len(data)):
+            return False
+        self.write_blob(digest, data)
+        return True
+
+    def read_head(self, digest: Digest, size: int) -> bytes:
+        """The first ``size`` bytes of a stored blob (fewer for a shorter blob)."""
+        path = self.blob_path(digest)
+        try:
+            with path.open("rb") as f:
+                return f.read(size)
+        except OSError as exc:
+            raise LayoutError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+    def add_manifest(self, descriptor: dict[str, Any], tag: str | None) -> bool:
+        """Name a manifest in index.json (replacing the entry of the same tag).
+
+        index.json is left alone when it already holds exactly that entry; returns
+        whether it was written.
+        """
         index_path = self.root / "index.json"
         try:
             index = json.loads(index_path.read_bytes())
@@ -132,16 +158,22 @@ class Layout:
             index = {"schemaVersion": 2, "mediaType": MEDIA_TYPE_IMAGE_INDEX, "manifests": []}
         except (OSError, ValueError) as exc:
             raise LayoutError(f"cannot read {index_path}: {exc}") from exc
+        if not isinstance(index, dict) or not isinstance(index.get("manifests", []), list):
+            raise LayoutError(f"cannot read {index_path}: not an OCI image index")
         entry = dict(descriptor)
         if tag is not None:
             entry["annotations"] = {**entry.get("annotations", {}), REF_NAME: tag}
-        index["manifests"] = [
+        kept = [
             m
             for m in index.get("manifests", [])
             if (tag is None and m.get("digest") != entry["digest"])
             or (tag is not None and m.get("annotations", {}).get(REF_NAME) != tag)
-        ] + [entry]
+        ]
+        if entry in index.get("manifests", []) and len(kept) + 1 == len(index["manifests"]):
+            return False
+        index["manifests"] = [*kept, entry]
         self._replace(index_path, json.dumps(index, separators=(",", ":")).encode())
+        return True
 
     def _replace(self, path: Path, data: bytes) -> None:
         with _atomic_file(path) as f:

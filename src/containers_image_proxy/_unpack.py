@@ -12,14 +12,18 @@ from pathlib import Path
 from typing import TypeVar
 
 from ._async.proxy import AsyncBlob, AsyncImageProxy
+from ._async.pull import layer_info as layer_info_async
 from ._backends import run_in_thread_until_done
-from ._sync.proxy import ImageProxy
-from ._unpack_stream import LayerStream, open_layer
+from ._image import OpenedImage
+from ._layers import fetch_plan, unavailable, with_compression
+from ._sync.proxy import Blob, ImageProxy
+from ._sync.pull import layer_info
+from ._unpack_stream import LayerStream
 from ._unpack_tree import RootfsWriter, _Stopped, discard_tree
 from ._unpack_types import LayerResult, UnpackLimits, UnpackResult
 from .config import ImageProxyConfig
-from .errors import InvalidDocumentError
-from .oci import Descriptor, Digest, ImageConfiguration, ImageManifest
+from .errors import ImageNotFoundError, InvalidDocumentError
+from .oci import ConvertedLayerInfo, Descriptor, Digest, ImageConfiguration, ImageManifest
 
 __all__ = ["unpack", "unpack_async"]
 
@@ -43,14 +47,31 @@ def _prepare(dest: Path) -> bool:
     return False
 
 
-def _pairs(manifest: ImageManifest, config: ImageConfiguration) -> list[tuple[Descriptor, Digest]]:
+#: A layer as the manifest lists it, as it is fetched (see ``_layers.fetch_plan``),
+#: and its diff_id.
+_Layer = tuple[Descriptor, Descriptor, Digest]
+
+
+def _layers(
+    manifest: ImageManifest,
+    config: ImageConfiguration,
+    infos: list[ConvertedLayerInfo] | None,
+) -> list[_Layer]:
     diff_ids = config.rootfs.diff_ids
     if len(diff_ids) != len(manifest.layers):
         raise InvalidDocumentError(
             f"the manifest has {len(manifest.layers)} layers but the configuration "
             f"lists {len(diff_ids)} diff_ids"
         )
-    return list(zip(manifest.layers, diff_ids, strict=True))
+    plan = fetch_plan(manifest, infos)
+    return list(zip(manifest.layers, plan, diff_ids, strict=True))
+
+
+def _get_layer(proxy: ImageProxy, image: OpenedImage, layer: Descriptor, has_info: bool) -> Blob:
+    try:
+        return proxy.get_descriptor(image, layer)
+    except ImageNotFoundError as exc:
+        raise unavailable(image.reference, layer, exc, proxy.protocol_version, has_info) from exc
 
 
 def _remaining(writer: RootfsWriter) -> int | None:
@@ -76,15 +97,14 @@ def _unpack(
             image = stack.enter_context(proxy.open_image(reference))
             digest, manifest = proxy.fetch_manifest(image)
             image_config = proxy.fetch_config(image)
-            layers = _pairs(manifest, image_config)
+            infos = layer_info(proxy, image, manifest)
+            layers = _layers(manifest, image_config, infos)
             results: list[LayerResult] = []
             with RootfsWriter(dest, limits=limits, rootless=rootless) as writer:
                 writer._stop = stop
-                for descriptor, diff_id in layers:
-                    with open_layer(
-                        proxy, image, descriptor, diff_id, max_bytes=_remaining(writer)
-                    ) as stream:
-                        result = writer.apply(stream, descriptor=descriptor)
+                for listed, fetched, diff_id in layers:
+                    with _get_layer(proxy, image, fetched, infos is not None) as blob:
+                        result = _apply(writer, blob, listed, fetched, diff_id)
                     results.append(result)
                     if progress is not None:
                         progress(result)
@@ -122,14 +142,19 @@ def unpack(
     ``proxy`` may be given to reuse it (``config`` is then ignored). ``limits``
     bound sizes and counts (:class:`UnpackLimits`); ``rootless`` (default: not
     running as root) leaves ownership alone and skips device nodes. ``progress`` is
-    called with each layer's :class:`LayerResult`.
+    called with each layer's :class:`LayerResult`, whose descriptor names the blob
+    read with the media type its bytes prove. Where the proxy has GetLayerInfo
+    (protocol 0.2.5+), layers are fetched by the digests it names: the only way to
+    read a ``containers-storage:`` image stored from compressed layers.
 
     On any failure ``dest`` is emptied (and removed if this call created it).
 
     Raises:
         FileExistsError: ``dest`` is not empty.
         LayerFormatError: a layer is not a valid tar, or its media type is unsupported.
+        TarTrailerError: a layer's tar goes on after an end-of-archive block.
         CompressionMismatchError: a layer's bytes contradict its media type.
+        LayerUnavailableError: the source cannot serve a layer through this skopeo.
         UnsafeLayerError: an entry would escape ``dest`` or go through a symlink.
         LimitExceededError: a layer went past ``limits``.
         VerificationError: a blob or a decompressed layer does not match its digest.
@@ -158,11 +183,14 @@ class _Bridge:
 
 def _apply(
     writer: RootfsWriter,
-    source: _Bridge,
-    descriptor: Descriptor,
+    source: _Bridge | Blob,
+    listed: Descriptor,
+    fetched: Descriptor,
     diff_id: Digest,
 ) -> LayerResult:
-    stream = LayerStream(source, descriptor.media_type, diff_id, max_bytes=_remaining(writer))
+    """Apply one layer; its result names the blob with the media type its bytes prove."""
+    stream = LayerStream(source, fetched.media_type, diff_id, max_bytes=_remaining(writer))
+    descriptor = with_compression(listed, fetched, stream.compression)
     return writer.apply(stream, descriptor=descriptor)
 
 
@@ -182,14 +210,21 @@ async def _unpack_with(
         async with await proxy.open_image(reference) as image:
             digest, manifest = await proxy.fetch_manifest(image)
             image_config = await proxy.fetch_config(image)
-            layers = _pairs(manifest, image_config)
+            infos = await layer_info_async(proxy, image, manifest)
+            layers = _layers(manifest, image_config, infos)
             writer = RootfsWriter(dest, limits=limits, rootless=rootless)
             writer._stop = stop
             results: list[LayerResult] = []
-            for descriptor, diff_id in layers:
-                async with await proxy.get_descriptor(image, descriptor) as blob:
+            for listed, fetched, diff_id in layers:
+                try:
+                    blob = await proxy.get_descriptor(image, fetched)
+                except ImageNotFoundError as exc:
+                    raise unavailable(
+                        reference, fetched, exc, proxy.protocol_version, infos is not None
+                    ) from exc
+                async with blob:
                     work = functools.partial(
-                        _apply, writer, _Bridge(blob, loop), descriptor, diff_id
+                        _apply, writer, _Bridge(blob, loop), listed, fetched, diff_id
                     )
                     result = await run_in_thread_until_done(work, stop)
                 results.append(result)

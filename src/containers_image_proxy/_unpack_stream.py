@@ -11,7 +11,7 @@ import contextlib
 import io
 import logging
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Protocol, cast
 
 from ._image import OpenedImage
@@ -20,6 +20,7 @@ from ._unpack_types import (
     CompressionMismatchError,
     LayerFormatError,
     LimitExceededError,
+    TarTrailerError,
 )
 from .errors import ImageProxyError, VerificationError
 from .oci import Descriptor, Digest, parse_digest
@@ -29,7 +30,13 @@ if TYPE_CHECKING:
 
     from ._sync.proxy import ImageProxy
 
-__all__ = ["LayerStream", "detect_compression", "media_type_compression", "open_layer"]
+__all__ = [
+    "LayerStream",
+    "check_tar_trailer",
+    "detect_compression",
+    "media_type_compression",
+    "open_layer",
+]
 
 _log = logging.getLogger("containers_image_proxy")
 
@@ -100,6 +107,61 @@ def _looks_like_tar(prefix: bytes) -> bool:
     unsigned = sum(block) - sum(block[148:156]) + 8 * 0x20
     signed = sum((b ^ 0x80) - 0x80 for b in block) - sum((b ^ 0x80) - 0x80 for b in block[148:156])
     return stored in (unsigned, signed + 8 * 0x20)
+
+
+def check_tar_trailer(read: Callable[[int], bytes], offset: int) -> None:
+    """Check what follows the zero block that ended a tar at ``offset``, to its end.
+
+    ``read`` reads the stream from just after that block (b"" at its end). A tar ends with two
+    zero blocks, and what comes after them is ignored, with one exception:
+
+    * a zero block followed by anything but a second zero block (or the end) is
+      refused, as Go's archive/tar (umoci, containers/storage) refuses it;
+    * a valid tar header after the two zero blocks is refused too: readers that
+      skip zero blocks (``tar --ignore-zeros``) would extract entries that readers
+      stopping at the end marker hide, so the layer means different trees to
+      different tools. Other data (padding, junk) is ignored.
+
+    Raises:
+        TarTrailerError: see above.
+    """
+    position = offset + _BLOCK
+    pending = b""
+    blocks = 0
+    while True:
+        chunk = read(_CHUNK)
+        if not chunk:
+            break
+        pending += chunk
+        usable = len(pending) - len(pending) % _BLOCK
+        if usable and pending.count(0, 0, usable) == usable:
+            blocks += usable // _BLOCK
+        else:
+            for start in range(0, usable, _BLOCK):
+                block = pending[start : start + _BLOCK]
+                _check_trailer_block(block, blocks, position + start)
+                blocks += 1
+        position += usable
+        pending = pending[usable:]
+    if pending and blocks == 0 and pending.count(0) != len(pending):
+        _check_trailer_block(pending, 0, position)
+
+
+def _check_trailer_block(block: bytes, index: int, offset: int) -> None:
+    if block.count(0) == len(block):
+        return
+    if index == 0:
+        raise TarTrailerError(
+            f"the tar goes on after a single end-of-archive block: data at offset {offset}"
+            " where a second zero block or the end should be",
+            offset=offset,
+        )
+    if len(block) == _BLOCK and _looks_like_tar(block):
+        raise TarTrailerError(
+            f"a tar header at offset {offset}, after the end-of-archive blocks: tools"
+            " that read past the end marker would extract entries that others hide",
+            offset=offset,
+        )
 
 
 def detect_compression(media_type: str, prefix: bytes) -> Compression:

@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self, cast
 
-from ._unpack_stream import LayerStream
+from ._unpack_stream import LayerStream, check_tar_trailer
 from ._unpack_types import (
     LayerFormatError,
     LayerResult,
@@ -369,6 +369,8 @@ class RootfsWriter:
                 end = tar.__dict__.get("_unpack_end")
                 if end is not None and not isinstance(end, _CLEAN_END):
                     raise LayerFormatError(f"malformed tar header at offset {tar.offset}: {end}")
+                if isinstance(end, _CLEAN_END[0]):  # a zero block: what follows it?
+                    check_tar_trailer(cast("_Readable", tar.fileobj).read, tar.offset)
         compression: Compression = "none"
         diff_id = None
         if isinstance(stream, LayerStream):

@@ -10,6 +10,7 @@ from .errors import (
     CompressionMismatchError,
     LayerFormatError,
     LimitExceededError,
+    TarTrailerError,
     UnpackError,
     UnsafeLayerError,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "LayerFormatError",
     "LayerResult",
     "LimitExceededError",
+    "TarTrailerError",
     "UnpackError",
     "UnpackLimits",
     "UnpackResult",

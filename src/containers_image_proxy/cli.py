@@ -35,6 +35,7 @@ from rich.filesize import decimal as human_size
 from ._layout import LayoutError
 from ._sync.proxy import ImageProxy
 from ._sync.pull import pull
+from ._tags import parse_destination
 from ._unpack import unpack
 from ._unpack_types import LayerResult
 from .config import ImageProxyConfig, build_command
@@ -397,11 +398,20 @@ def build_parser() -> argparse.ArgumentParser:
         "pull",
         "store the image in an OCI image layout",
         "Fetch the image into the OCI image layout DEST, usable as oci:DEST:TAG. Blobs"
-        " already there are not fetched again. A one-line summary goes to standard error.",
+        " already there are not fetched again. Layers are stored as the source serves"
+        " them, labelled with the media type their bytes prove: where that corrects the"
+        " proxy's manifest, the layout gets a corrected manifest that names the source's"
+        " manifest digest. A short summary goes to standard error.",
         " DEST",
     )
-    pull_.add_argument("dest", metavar="DEST", help="OCI layout directory (created if needed)")
-    pull_.add_argument("--tag", metavar="TAG", help="tag in DEST (default: the reference's tag)")
+    pull_.add_argument(
+        "dest", metavar="DEST", help="OCI layout directory (created if needed), or oci:DIR[:TAG]"
+    )
+    pull_.add_argument(
+        "--tag",
+        metavar="TAG",
+        help="tag in DEST (default: the reference's tag, else the image's own, else latest)",
+    )
     pull_.add_argument(
         "-j", "--jobs", metavar="N", type=_positive_int, default=4, help="blobs fetched at once"
     )
@@ -876,12 +886,35 @@ def pull_result_json(result: PullResult) -> dict[str, Any]:
         "fetched": [str(d) for d in result.fetched],
         "skipped": [str(d) for d in result.skipped],
         "bytes_fetched": result.bytes_fetched,
+        "tag_origin": result.tag_origin,
+        "rewritten": result.rewritten,
         "manifest": json.loads(encode(result.manifest)),
     }
 
 
+def pull_notes(result: PullResult) -> list[str]:
+    """What the pull summary adds about the tag and the manifest stored."""
+    notes = []
+    if result.tag_origin == "image":
+        notes.append(f"tagged {result.tag}, the image's own tag")
+    elif result.tag_origin == "default":
+        notes.append(f"tagged {result.tag}: the source names no tag")
+    if result.rewritten:
+        notes.append(
+            f"layer descriptors corrected to match the bytes; source manifest"
+            f" {result.source_digest}"
+        )
+    elif result.source_digest != result.manifest_digest:
+        notes.append(f"converted to OCI from source manifest {result.source_digest}")
+    return notes
+
+
 def cmd_pull(args: argparse.Namespace, config: ImageProxyConfig) -> int:
     """``pull REF DEST [--tag TAG] [--jobs N] [--json]``."""
+    try:
+        parse_destination(args.dest, args.tag)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     with _progress_display(args) as progress:
         result = pull(
             args.reference,
@@ -896,7 +929,8 @@ def cmd_pull(args: argparse.Namespace, config: ImageProxyConfig) -> int:
     _summary(
         args,
         f"Pulled {result.manifest_digest} into {where}: fetched {len(result.fetched)} {blobs}"
-        f" ({human_size(result.bytes_fetched)}), skipped {len(result.skipped)}",
+        f" ({human_size(result.bytes_fetched)}), skipped {len(result.skipped)}"
+        + "".join(f"\n  {note}" for note in pull_notes(result)),
     )
     if args.json:
         _print_json(pull_result_json(result))

@@ -55,6 +55,28 @@ class ProxyTooOldError(ImageProxyError):
         self.method = method
 
 
+class LayerUnavailableError(ProxyTooOldError):
+    """The source cannot serve a layer under the digest its manifest names.
+
+    ``containers-storage:`` keeps a layer that was stored from a compressed blob only
+    uncompressed, while the manifest still names the compressed digest. Only
+    GetLayerInfo (protocol 0.2.5, skopeo 1.11 and later) tells the digest the store
+    can serve, so an older proxy cannot read such an image. ``digest`` is the layer's
+    digest in the manifest, ``reference`` the image.
+    """
+
+    def __init__(self, reference: str, digest: str, found: str, message: str) -> None:
+        super().__init__("0.2.5", found, "GetLayerInfo")
+        self.args = (
+            f"layer {digest} of {reference} cannot be read through this skopeo (image proxy"
+            f" protocol {found}): the source no longer has the blob the manifest names"
+            f" ({message}). Images stored from compressed layers need skopeo 1.11 or later"
+            " (protocol 0.2.5), whose GetLayerInfo names the layers the store serves.",
+        )
+        self.reference = reference
+        self.digest = digest
+
+
 class RequestError(ImageProxyError):
     """The proxy refused or failed a request.
 
@@ -168,6 +190,21 @@ class CompressionMismatchError(LayerFormatError):
         super().__init__(message)
         self.declared = declared
         self.detected = detected
+
+
+class TarTrailerError(LayerFormatError):
+    """A layer's tar goes on after an end-of-archive block.
+
+    Either a zero block is followed by something other than a second zero block (Go's
+    archive/tar, and so umoci, refuse this), or a valid tar header follows the two
+    end blocks. Readers that skip zero blocks (``tar --ignore-zeros``) would extract
+    entries that a reader stopping at the end marker hides, so the layer is refused.
+    ``offset`` is where the unexpected data starts in the decompressed tar.
+    """
+
+    def __init__(self, message: str, *, offset: int) -> None:
+        super().__init__(message)
+        self.offset = offset
 
 
 class UnsafeLayerError(UnpackError):

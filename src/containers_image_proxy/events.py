@@ -76,7 +76,12 @@ class PullResult:
 
     ``manifest_digest`` names the OCI manifest stored in the layout (the proxy
     converts other formats to OCI); ``source_digest`` is the digest the source gave
-    for its own manifest. ``fetched`` and ``skipped`` list blob digests.
+    for its own manifest. ``rewritten`` tells that the stored manifest corrects the
+    proxy's layer descriptors (media types that contradict the bytes, digests the
+    source cannot serve), and then carries ``source_digest`` as an annotation.
+    ``tag`` is the image's tag in the layout and ``tag_origin`` where it came from
+    (``"given"``, ``"reference"``, ``"image"`` for the archive's own, ``"default"``).
+    ``fetched`` and ``skipped`` list blob digests.
     """
 
     reference: str
@@ -88,3 +93,5 @@ class PullResult:
     fetched: tuple[Digest, ...]
     skipped: tuple[Digest, ...]
     bytes_fetched: int
+    tag_origin: str = "given"
+    rewritten: bool = False

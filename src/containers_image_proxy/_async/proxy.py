@@ -254,13 +254,15 @@ class AsyncBlobStream(StreamBase):
 
     @property
     def bytes_read(self) -> int:
-        """How many bytes were read so far."""
-        return self._transfer.received
+        """How many bytes were read so far (bytes only peeked at do not count)."""
+        return self._transfer.received - len(self._head)
 
     _transfer: proto.Transfer
     _fds: tuple[int, ...] | None = None
     _closed = False
     _busy = False
+    #: Bytes taken from the pipe by :meth:`peek` and not read yet.
+    _head = b""
 
     @property
     def closed(self) -> bool:
@@ -284,9 +286,37 @@ class AsyncBlobStream(StreamBase):
         self._busy = True
         try:
             with memoryview(buffer) as outer, outer.cast("B") as view:
+                if self._head:
+                    count = min(len(view), len(self._head))
+                    view[:count] = self._head[:count]
+                    self._head = self._head[count:]
+                    return count
                 return await self._readinto(view)
         finally:
             self._busy = False
+
+    async def peek(self, size: int, /) -> bytes:
+        """The next ``size`` bytes (fewer only at the end), left for the next reads.
+
+        Errors are raised as by :meth:`read` (a blob shorter than ``size`` ends, and is
+        verified, here).
+        """
+        if self._closed:
+            raise ClosedError(f"blob {self.digest} is closed")
+        if self._busy:
+            raise BusyError(f"blob {self.digest} is already being read by someone else")
+        self._busy = True
+        try:
+            while len(self._head) < size:
+                buffer = bytearray(size - len(self._head))
+                with memoryview(buffer) as view:
+                    count = await self._readinto(view)
+                if count == 0:
+                    break
+                self._head += bytes(buffer[:count])
+        finally:
+            self._busy = False
+        return self._head[:size]
 
     async def _readinto(self, view: memoryview) -> int:
         raise NotImplementedError
@@ -312,7 +342,12 @@ class AsyncBlobStream(StreamBase):
             fd = out.fileno()
         self._busy = True
         try:
-            return await self._copy(fd, progress)
+            head, self._head = self._head, b""
+            if head:
+                _write_all(fd, memoryview(head))
+                if progress is not None:
+                    progress(len(head))
+            return len(head) + await self._copy(fd, progress)
         finally:
             self._busy = False
 
@@ -339,6 +374,8 @@ class AsyncBlobStream(StreamBase):
     async def readall(self) -> bytes:
         """Read everything that is left."""
         remaining = self._transfer.remaining()
+        if remaining is not None:
+            remaining += len(self._head)
         if remaining is not None and remaining > 0:
             buffer = bytearray(remaining)
             view = memoryview(buffer)

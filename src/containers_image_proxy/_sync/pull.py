@@ -9,9 +9,10 @@ Written once for asyncio (``pull_async``, ``stream_layers_async``); the blocking
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import math
 import os
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -19,9 +20,11 @@ from .. import _protocol as proto
 from .._backends import SyncBackend as Backend
 from .._backends import SyncResult
 from .._image import OpenedImage
-from .._layout import Layout
+from .._layers import PREFIX_SIZE, check_uncompressed, fetch_plan, true_layer, unavailable
+from .._layout import SOURCE_DIGEST, Layout
+from .._tags import default_tag, parse_destination, resolve_tag
 from ..config import ImageProxyConfig
-from ..errors import RequestError, VerificationError
+from ..errors import ImageNotFoundError, ProtocolError, RequestError, VerificationError
 from ..events import (
     BlobFinished,
     BlobProgress,
@@ -31,10 +34,20 @@ from ..events import (
     PullStarted,
     blob_progress,
 )
-from ..oci import MEDIA_TYPE_IMAGE_MANIFEST, Descriptor, Digest, decode_config, decode_manifest
+from ..oci import (
+    MEDIA_TYPE_IMAGE_MANIFEST,
+    ConvertedLayerInfo,
+    Descriptor,
+    Digest,
+    ImageManifest,
+    decode_config,
+    decode_manifest,
+)
 from .proxy import Blob, ImageProxy
 
-__all__ = ["pull", "stream_layers"]
+__all__ = ["default_tag", "layer_info", "pull", "stream_layers"]
+
+_log = logging.getLogger("containers_image_proxy")
 
 #: Blobs one proxy streams at once before a pull adds another proxy.
 STREAMS_PER_PROXY = 4
@@ -42,22 +55,6 @@ STREAMS_PER_PROXY = 4
 MAX_PROXIES = 4
 
 ProgressCallback = Callable[[PullEvent], object]
-
-
-def default_tag(reference: str) -> str | None:
-    """The tag a reference names (``docker://x/y:TAG``, ``oci:DIR:TAG``), if any."""
-    transport, _, rest = reference.partition(":")
-    if transport == "docker":
-        name = rest.removeprefix("//").split("@", 1)[0]
-        last = name.rsplit("/", 1)[-1]
-        return last.rsplit(":", 1)[1] if ":" in last else "latest"
-    if transport in ("oci", "oci-archive"):
-        match = re.fullmatch(r"[^:]*:([A-Za-z0-9._-]+)", rest)
-        return match.group(1) if match else None
-    if transport == "docker-archive":
-        tail = rest.split(":", 1)[1] if ":" in rest else ""
-        return tail.rsplit(":", 1)[1] if ":" in tail.rsplit("/", 1)[-1] else None
-    return None
 
 
 def _fetch_config(proxy: ImageProxy, image: OpenedImage, descriptor: Descriptor) -> bytes:
@@ -74,6 +71,37 @@ def _fetch_config(proxy: ImageProxy, image: OpenedImage, descriptor: Descriptor)
         return data
 
 
+def layer_info(
+    proxy: ImageProxy, image: OpenedImage, manifest: ImageManifest
+) -> list[ConvertedLayerInfo] | None:
+    """GetLayerInfo's answer where the proxy can give it, else None.
+
+    None before protocol 0.2.5, and on 0.2.5 and 0.2.6 for images whose answer
+    overflows the inline reply's packet (the layers' bytes then tell their types).
+    """
+    if not manifest.layers:
+        return None
+    try:
+        return proxy.get_layer_info(image)
+    except ProtocolError as exc:
+        if proxy.supports("GetLayerInfoPiped") or "packet limit" not in str(exc):
+            raise
+        _log.debug("no layer information for %s: %s", image.reference, exc)
+        return None
+
+
+def _open_layer(
+    proxy: ImageProxy,
+    image: OpenedImage,
+    layer: Descriptor,
+    has_info: bool,
+) -> Blob:
+    try:
+        return proxy.get_descriptor(image, layer)
+    except ImageNotFoundError as exc:
+        raise unavailable(image.reference, layer, exc, proxy.protocol_version, has_info) from exc
+
+
 def pull(
     reference: str,
     dest: str | os.PathLike[str],
@@ -86,18 +114,39 @@ def pull(
 ) -> PullResult:
     """Fetch the image ``reference`` into the OCI image layout directory ``dest``.
 
-    The result can be used as ``oci:DEST:TAG``; ``tag`` defaults to the tag of
-    ``reference`` (``latest`` for a registry reference without one). Blobs already in
-    ``dest`` with the right digest are not fetched again; each new blob is verified
-    before it gets its digest name, and ``index.json`` is written last, so an
-    interrupted pull can simply be run again. ``jobs`` blobs are fetched at once,
-    over one proxy or, above ``STREAMS_PER_PROXY``, over a few. An open ``proxy``
-    may be given to reuse it (``config`` is then ignored and ``jobs`` share it).
+    ``dest`` is a directory, or skopeo's ``"oci:DIR[:TAG]"`` spelling of one. The
+    image is always tagged, so it can be used as ``oci:DIR:TAG``: ``tag`` (or the
+    destination's TAG), else the tag of ``reference`` (``latest`` for a registry
+    name without one), else the image's own tag in an archive or layout, else
+    ``latest``; ``PullResult.tag_origin`` says which.
+
+    Every layer is stored as the source serves it, under a media type its bytes
+    prove (a plain tar, gzip or zstd). Where the proxy's manifest says otherwise (a
+    ``docker-archive:`` labels plain tar layers gzip; a ``containers-storage:`` image
+    stored from compressed layers serves them uncompressed, under the digests its
+    layer information names), the layout gets a corrected manifest, annotated with
+    the source's manifest digest; ``PullResult.rewritten`` tells. The configuration
+    is stored unchanged, so its diff_ids stay true.
+
+    Blobs already in ``dest`` with the right digest are not fetched again; each new
+    blob is verified before it gets its digest name, and ``index.json`` is written
+    last, so an interrupted pull can simply be run again. A pull of what is already
+    stored writes nothing. ``jobs`` blobs are fetched at once, over one proxy or,
+    above ``STREAMS_PER_PROXY``, over a few. An open ``proxy`` may be given to reuse
+    it (``config`` is then ignored and ``jobs`` share it).
+
+    Raises:
+        ValueError: ``jobs`` below 1, or a destination TAG that contradicts ``tag``.
+        LayerUnavailableError: the source cannot serve a layer through this skopeo.
+        CompressionMismatchError: a layer's bytes contradict its media type (see
+            :func:`~containers_image_proxy.detect_compression`).
+        VerificationError: a blob does not match its descriptor, or an uncompressed
+            layer's digest is not its diff_id.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
+    dest, tag = parse_destination(dest, tag)
     layout = Layout(dest)
-    tag = tag if tag is not None else default_tag(reference)
     with contextlib.ExitStack() as stack:
         if proxy is None:
             count = min(MAX_PROXIES, math.ceil(jobs / STREAMS_PER_PROXY))
@@ -105,9 +154,12 @@ def pull(
         else:
             proxies = [proxy]
         images = [stack.enter_context(p.open_image(reference)) for p in proxies]
+        tag, tag_origin = Backend.run_blocking(resolve_tag, reference, tag)
         source_digest, raw = proxies[0].fetch_manifest_raw_oci(images[0])
         manifest = decode_manifest(raw)
-        blobs = (manifest.config, *manifest.layers)
+        infos = layer_info(proxies[0], images[0], manifest)
+        plan = fetch_plan(manifest, infos)
+        blobs = (manifest.config, *plan)
         if progress is not None:
             progress(PullStarted(reference, blobs))
 
@@ -130,7 +182,8 @@ def pull(
                 if progress is not None:
                     progress(BlobProgress(descriptor, len(data), len(data)))
             else:
-                _fetch_layer(proxy_, image, descriptor, layout, progress)
+                blob = _open_layer(proxy_, image, descriptor, infos is not None)
+                _fetch_layer(blob, descriptor, layout, progress)
             fetched.append(descriptor)
             if progress is not None:
                 progress(BlobFinished(descriptor, skipped=False))
@@ -144,14 +197,24 @@ def pull(
         Backend.run_all([task(i, blob) for i, blob in enumerate(blobs)], jobs)
 
         config_blob = layout.blob_path(manifest.config.digest).read_bytes()
-        platform = _platform(config_blob)
+        heads = Backend.run_blocking(_heads, layout, plan)
+        layers = [
+            true_layer(listed, descriptor, head)
+            for listed, descriptor, head in zip(manifest.layers, plan, heads, strict=True)
+        ]
+        _check_diff_ids(config_blob, layers)
+        rewritten = layers != list(manifest.layers)
+        if rewritten:
+            raw = _corrected_manifest(raw, layers, source_digest)
+            manifest = decode_manifest(raw)
         manifest_digest = proto.sha256_digest(raw)
-        layout.write_blob(manifest_digest, raw)
+        layout.put_blob(manifest_digest, raw)
         entry: dict[str, Any] = {
             "mediaType": manifest.media_type or MEDIA_TYPE_IMAGE_MANIFEST,
             "digest": str(manifest_digest),
             "size": len(raw),
         }
+        platform = _platform(config_blob)
         if platform:
             entry["platform"] = platform
         layout.add_manifest(entry, tag)
@@ -165,12 +228,44 @@ def pull(
         fetched=tuple(d.digest for d in fetched),
         skipped=tuple(d.digest for d in blobs if d.digest in present),
         bytes_fetched=sum(d.size for d in fetched),
+        tag_origin=tag_origin,
+        rewritten=rewritten,
     )
 
 
 def _present(layout: Layout, blobs: tuple[Descriptor, ...]) -> set[Digest]:
     """The blobs already stored whole in ``layout``."""
     return {blob.digest for blob in blobs if layout.has_blob(blob.digest, blob.size)}
+
+
+def _heads(layout: Layout, layers: list[Descriptor]) -> list[bytes]:
+    """The first bytes of each stored layer, which tell its compression."""
+    return [layout.read_head(layer.digest, PREFIX_SIZE) for layer in layers]
+
+
+def _check_diff_ids(config: bytes, layers: list[Descriptor]) -> None:
+    try:
+        diff_ids = decode_config(config).rootfs.diff_ids
+    except ValueError:
+        return  # not an image configuration (an artifact): nothing to check
+    if len(diff_ids) == len(layers):
+        for layer, diff_id in zip(layers, diff_ids, strict=True):
+            check_uncompressed(layer, diff_id)
+
+
+def _corrected_manifest(raw: bytes, layers: list[Descriptor], source_digest: Digest) -> bytes:
+    """The manifest ``raw`` with true layer descriptors and the source's digest noted."""
+    document = json.loads(raw)
+    for entry, layer in zip(document["layers"], layers, strict=True):
+        if entry.get("digest") != layer.digest:
+            entry.pop("urls", None)
+        entry["mediaType"] = layer.media_type
+        entry["digest"] = str(layer.digest)
+        entry["size"] = layer.size
+    annotations = document.get("annotations") or {}
+    annotations[SOURCE_DIGEST] = str(source_digest)
+    document["annotations"] = annotations
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _platform(config: bytes) -> dict[str, str]:
@@ -185,19 +280,20 @@ def _platform(config: bytes) -> dict[str, str]:
 
 
 def _fetch_layer(
-    proxy: ImageProxy,
-    image: OpenedImage,
+    blob: Blob,
     descriptor: Descriptor,
     layout: Layout,
     progress: ProgressCallback | None,
 ) -> None:
-    with layout.new_blob(descriptor.digest) as out:
-        with proxy.get_descriptor(image, descriptor) as blob:
+    try:
+        with layout.new_blob(descriptor.digest) as out:
             written = blob.copy_to(out, blob_progress(descriptor, progress))
-        if written != descriptor.size:
-            raise VerificationError(
-                f"blob {descriptor.digest}: got {written} of {descriptor.size} bytes"
-            )
+            if written != descriptor.size:
+                raise VerificationError(
+                    f"blob {descriptor.digest}: got {written} of {descriptor.size} bytes"
+                )
+    finally:
+        blob.close()
 
 
 def stream_layers(
@@ -209,19 +305,31 @@ def stream_layers(
 ) -> list[Descriptor]:
     """Hand each layer of ``reference`` to ``consume`` as a verified stream, in order.
 
-    Nothing touches the disk. Whatever ``consume`` leaves unread is drained, so that
-    every layer is verified whole; its errors are raised from here. Returns the
-    layer descriptors.
+    Each descriptor handed out states what the stream holds: layers are fetched by
+    the digests the source's layer information names (protocol 0.2.5+), and the
+    media type is the one the first bytes prove (a plain tar, gzip or zstd; see
+    :func:`pull_async`), which may differ from the manifest's. Nothing touches the
+    disk. Whatever ``consume`` leaves unread is drained, so that every layer is
+    verified whole; its errors are raised from here. Returns the descriptors handed
+    out.
+
+    Raises:
+        LayerUnavailableError: the source cannot serve a layer through this skopeo.
+        CompressionMismatchError: a layer's bytes contradict its media type.
     """
     with contextlib.ExitStack() as stack:
         if proxy is None:
             proxy = stack.enter_context(ImageProxy(config))
         image = stack.enter_context(proxy.open_image(reference))
         _, manifest = proxy.fetch_manifest(image)
-        for layer in manifest.layers:
-            with proxy.get_descriptor(image, layer) as blob:
+        infos = layer_info(proxy, image, manifest)
+        handed: list[Descriptor] = []
+        for listed, fetched in zip(manifest.layers, fetch_plan(manifest, infos), strict=True):
+            with _open_layer(proxy, image, fetched, infos is not None) as blob:
+                layer = true_layer(listed, fetched, blob.peek(PREFIX_SIZE))
                 consume(layer, blob)
                 if not blob.closed:
                     with open(os.devnull, "wb") as sink:
                         blob.copy_to(sink)
-        return list(manifest.layers)
+            handed.append(layer)
+        return handed

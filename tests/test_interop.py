@@ -1,0 +1,295 @@
+"""Pulled layouts are valid OCI for every tool: umoci, skopeo, and our own unpack.
+
+For each source transport (oci, oci-archive, docker-archive, dir, a registry, and a
+private containers-storage store) and each skopeo (Debian's, and the newer one that
+``CIP_TEST_SKOPEO_UPSTREAM`` names), the same rich image (whiteouts, hardlinks,
+gzip and plain layers) is pulled. Then: every layer's media type matches its bytes
+and the configuration's diff_ids hash the decompressed layers; ``umoci unpack``
+reads the layout into exactly the tree umoci makes of the original OCI layout;
+``skopeo inspect`` and ``skopeo copy oci:DEST:TAG dir:...`` read it; our unpack and
+``stream_layers`` of the source agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hostile_layers import TarLayer, build, rich_layers
+from images import BuiltImage, build_dir, build_docker_archive, build_oci_archive, run_skopeo
+from registry import Registry
+from treediff import diff, snapshot
+
+from containers_image_proxy import (
+    ImageProxyConfig,
+    LayerUnavailableError,
+    ProxyTooOldError,
+    pull,
+    stream_layers,
+    unpack,
+)
+from containers_image_proxy._layout import SOURCE_DIGEST
+from containers_image_proxy.oci import Descriptor
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+IS_ROOT = os.geteuid() == 0
+#: Directories without a tar entry get "now" as their mtime; umoci gives opt/old the
+#: time a later layer changed it (see test_unpack.py).
+VOLATILE = frozenset({"a b", "opt", "var", "var/cache", "opt/old"})
+OCI_TYPES = {
+    "application/vnd.oci.image.layer.v1.tar": "none",
+    "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
+}
+#: The image in containers-storage, stored from its compressed OCI layout, and from
+#: the docker archive (plain layers, labelled gzip like the archive's).
+STORED_COMPRESSED = "storage-gzip"
+STORED_PLAIN = "storage-plain"
+TRANSPORTS = ["oci", "oci-archive", "docker-archive", "dir", "registry"]
+TRANSPORTS += [STORED_COMPRESSED, STORED_PLAIN]
+
+
+@dataclass(frozen=True)
+class Skopeo:
+    name: str
+    path: str
+
+    def config(self, **options: object) -> ImageProxyConfig:
+        return ImageProxyConfig(skopeo_cmd=[self.path], **options)  # type: ignore[arg-type]
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        return run_skopeo(*args, skopeo=self.path)
+
+
+@pytest.fixture(scope="session", params=["debian", "upstream"])
+def any_skopeo(request: pytest.FixtureRequest, skopeo: str) -> Skopeo:
+    """Debian's skopeo (protocol 0.2.3), then the newer one (0.2.8) if it is given."""
+    if request.param == "debian":
+        return Skopeo("debian", skopeo)
+    path = os.environ.get("CIP_TEST_SKOPEO_UPSTREAM")
+    if not path:
+        pytest.skip("CIP_TEST_SKOPEO_UPSTREAM (a skopeo speaking protocol 0.2.8) is not set")
+    return Skopeo("upstream", path)
+
+
+@pytest.fixture(scope="session")
+def umoci() -> str:
+    path = shutil.which("umoci")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("umoci is required in CI (apt-get install umoci)")
+        pytest.skip("umoci is not installed (set CI=1 to make this a failure)")
+    return path
+
+
+def umoci_unpack(umoci: str, layout: Path, tag: str, bundle: Path) -> Path:
+    command = [umoci, "unpack", *([] if IS_ROOT else ["--rootless"])]
+    run = subprocess.run(
+        [*command, "--image", f"{layout}:{tag}", str(bundle)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, f"umoci cannot read {layout}:{tag}: {run.stderr}"
+    return bundle / "rootfs"
+
+
+def assert_same_tree(expected: Path, actual: Path) -> None:
+    snap = snapshot(expected)
+    nodes = {
+        path: type(node)(
+            **{
+                **node.__dict__,
+                "xattrs": tuple(x for x in node.xattrs if x[0] != "user.rootlesscontainers"),
+            }
+        )
+        for path, node in snap.nodes.items()
+    }
+    expected_snap = type(snap)(nodes, snap.links)
+    assert diff(expected_snap, snapshot(actual), ownership=IS_ROOT, ignore=VOLATILE) == []
+
+
+def storable_layers() -> list[TarLayer]:
+    """``rich_layers`` without the file its own layer whites out.
+
+    containers-storage applies such a layer with the file removed, and then cannot
+    serve the layer back (its tar-split names a file the store lacks): neither the
+    proxy nor ``skopeo copy`` reads that image from the store.
+    """
+    base, middle, top = rich_layers()
+    top = dataclasses.replace(
+        top, entries=tuple(e for e in top.entries if "rewritten" not in e.name)
+    )
+    return [base, middle, top]
+
+
+@pytest.fixture(scope="session")
+def rich_oci(images_root: Path) -> BuiltImage:
+    return build(images_root / "interop-oci", *storable_layers(), tag="v1")
+
+
+@pytest.fixture(scope="session")
+def reference_tree(
+    umoci: str, rich_oci: BuiltImage, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """umoci's unpack of the original OCI layout: what every pull must give back."""
+    return umoci_unpack(umoci, rich_oci.path, "v1", tmp_path_factory.mktemp("reference") / "b")
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A private vfs containers-storage store, named by the explicit reference form."""
+    root = tmp_path_factory.mktemp("store")
+    return f"containers-storage:[vfs@{root / 'graph'}+{root / 'run'}]"
+
+
+@pytest.fixture(scope="session")
+def sources(
+    images_root: Path, rich_oci: BuiltImage, skopeo: str, store: str, plain_registry: Registry
+) -> dict[str, str]:
+    """A reference to the rich image in each transport."""
+    layers = storable_layers()
+    root = images_root / "interop"
+    archive = build_docker_archive(root / "rich.docker.tar", layers, tag="example.com/rich:v1")
+    stored = f"{store}example.com/rich:v1"
+    run_skopeo("copy", "--quiet", rich_oci.ref, stored, skopeo=skopeo)
+    # Another configuration: the store keys images by their configuration's digest.
+    plain = build_docker_archive(
+        root / "rich.plain.tar", layers, tag="example.com/rich:v1", labels={"stored": "plain"}
+    )
+    stored_plain = f"{store}example.com/rich-plain:v1"
+    run_skopeo("copy", "--quiet", plain.ref, stored_plain, skopeo=skopeo)
+    return {
+        "oci": rich_oci.ref,
+        "oci-archive": build_oci_archive(root / "rich.oci.tar", layers, tag="v1").ref,
+        "docker-archive": archive.ref,
+        "dir": build_dir(root / "dir", layers).ref,
+        "registry": plain_registry.push_image(rich_oci, "interop/rich", "v1").ref,
+        STORED_COMPRESSED: stored,
+        STORED_PLAIN: stored_plain,
+    }
+
+
+def _compression(blob: bytes) -> str:
+    if blob.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if blob.startswith(b"\x28\xb5\x2f\xfd"):
+        return "zstd"
+    return "none"
+
+
+def _tar(blob: bytes) -> bytes:
+    kind = _compression(blob)
+    if kind == "gzip":
+        return gzip.decompress(blob)
+    if kind == "zstd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompressobj().decompress(blob)
+    return blob
+
+
+def check_true_layout(dest: Path, tag: str, source_digest: str) -> tuple[dict[str, Any], bool]:
+    """Every blob whole, every layer labelled as its bytes are, every diff_id true."""
+    blobs = dest / "blobs" / "sha256"
+    for path in blobs.iterdir():
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name, path
+    index = json.loads((dest / "index.json").read_bytes())
+    (entry,) = [
+        m
+        for m in index["manifests"]
+        if m["annotations"]["org.opencontainers.image.ref.name"] == tag
+    ]
+    manifest = json.loads((blobs / entry["digest"].split(":")[1]).read_bytes())
+    config = json.loads((blobs / manifest["config"]["digest"].split(":")[1]).read_bytes())
+    assert len(config["rootfs"]["diff_ids"]) == len(manifest["layers"])
+    for layer, diff_id in zip(manifest["layers"], config["rootfs"]["diff_ids"], strict=True):
+        blob = (blobs / layer["digest"].split(":")[1]).read_bytes()
+        assert len(blob) == layer["size"]
+        assert OCI_TYPES[layer["mediaType"]] == _compression(blob), layer
+        assert "sha256:" + hashlib.sha256(_tar(blob)).hexdigest() == diff_id
+    rewritten = SOURCE_DIGEST in manifest.get("annotations", {})
+    if rewritten:
+        assert manifest["annotations"][SOURCE_DIGEST] == source_digest
+    return manifest, rewritten
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_pulled_layout_is_read_by_every_tool(
+    transport: str,
+    any_skopeo: Skopeo,
+    sources: dict[str, str],
+    umoci: str,
+    reference_tree: Path,
+    tmp_path: Path,
+) -> None:
+    reference = sources[transport]
+    config = any_skopeo.config(insecure_skip_tls_verification=transport == "registry")
+    dest = tmp_path / "layout"
+    if transport == STORED_COMPRESSED and any_skopeo.name == "debian":
+        # The store keeps these layers uncompressed only; 0.2.3 has no GetLayerInfo.
+        for attempt in (
+            lambda: pull(reference, dest, config=config),
+            lambda: unpack(reference, tmp_path / "ours", config=config),
+            lambda: stream_layers(reference, lambda layer, blob: None, config=config),
+        ):
+            with pytest.raises(LayerUnavailableError, match=r"skopeo 1\.11 or later") as info:
+                attempt()
+            assert isinstance(info.value, ProxyTooOldError)
+            assert info.value.required == "0.2.5"
+        return
+
+    result = pull(reference, dest, config=config)
+    tag = "latest" if transport == "dir" else "v1"  # dir: has no tag
+    assert result.tag == tag
+    manifest, rewritten = check_true_layout(dest, tag, str(result.source_digest))
+    assert rewritten is result.rewritten
+    # Only sources that label plain tar layers gzip, or serve other digests, need it.
+    assert rewritten is (transport in ("docker-archive", STORED_COMPRESSED, STORED_PLAIN))
+    if not rewritten and transport != "docker-archive":
+        assert result.manifest_digest == result.source_digest
+
+    # umoci reads the layout into the tree of the original image.
+    assert_same_tree(reference_tree, umoci_unpack(umoci, dest, tag, tmp_path / "bundle"))
+    # skopeo reads it (and verifies every digest while copying).
+    inspected = json.loads(any_skopeo.run("inspect", f"oci:{dest}:{tag}").stdout)
+    assert inspected["Layers"] == [layer["digest"] for layer in manifest["layers"]]
+    any_skopeo.run("copy", "--quiet", f"oci:{dest}:{tag}", f"dir:{tmp_path / 'copy'}")
+    copied = json.loads((tmp_path / "copy" / "manifest.json").read_bytes())
+    assert len(copied["layers"]) == 3
+
+    # Our unpack of the source gives the same tree, and names what it read truthfully.
+    unpacked = unpack(reference, tmp_path / "ours", config=config)
+    assert_same_tree(reference_tree, tmp_path / "ours")
+    stored = [
+        Descriptor(layer["mediaType"], layer["digest"], layer["size"])
+        for layer in manifest["layers"]
+    ]
+    assert [
+        (layer.descriptor.media_type, layer.descriptor.digest, layer.descriptor.size)
+        for layer in unpacked.layers
+        if layer.descriptor is not None
+    ] == [(d.media_type, d.digest, d.size) for d in stored]
+
+    # stream_layers hands out the same descriptors, over streams that hold those bytes.
+    seen: list[tuple[Descriptor, bytes]] = []
+
+    def consume(layer: Descriptor, blob: object) -> None:
+        seen.append((layer, blob.read(4)))  # type: ignore[attr-defined]
+
+    handed = stream_layers(reference, consume, config=config)
+    assert [(d.media_type, d.digest, d.size) for d in handed] == [
+        (d.media_type, d.digest, d.size) for d in stored
+    ]
+    for layer, head in seen:
+        assert OCI_TYPES[layer.media_type] == _compression(head)
