@@ -368,6 +368,7 @@ def test_reference_forms_name_the_same_image(
         f"@{image.image_id}",
         image.image_id[:12],
         f"{repository}@{image.image_id}",
+        f"{repository}@{sha256(image.manifest)}",
     ]
     references = [store.reference(form) for form in forms] + [
         store.reference(image.name, explicit=True),
@@ -396,6 +397,7 @@ def test_missing_images(
     missing = [
         store.reference("localhost/cip/absent:latest"),
         store.reference(present.name.replace(":latest", ":other-tag")),
+        store.reference(f"{present.name.rsplit(':', 1)[0]}@sha256:{'a' * 64}"),
         store.reference(absent_id),
         store.reference(f"@{absent_id}"),
         store.reference(absent_id, explicit=True),
@@ -439,6 +441,25 @@ def test_the_child_inherits_the_store_from_the_environment(
     # The variable is read when skopeo starts: a proxy started before keeps its store.
     with ImageProxy(skopeo_config) as proxy, proxy.open_image(reference) as opened:
         assert proxy.fetch_manifest(opened)[0] == sha256(image.manifest)
+
+
+def test_a_missing_storage_conf_is_not_a_missing_image(
+    stored: dict[str, StoredImage],
+    tmp_path: Path,
+    skopeo_config: ImageProxyConfig,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    missing = tmp_path / "nowhere" / "storage.conf"
+    monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(missing))
+    with ImageProxy(skopeo_config) as proxy:
+        for opener in (proxy.open_image, proxy.open_image_optional):
+            if opener == proxy.open_image_optional and not proxy.supports("OpenImageOptional"):
+                continue
+            with pytest.raises(RequestError) as caught:
+                opener(f"containers-storage:{stored['plain'].name}")
+            assert type(caught.value) is RequestError
+            assert str(missing) in str(caught.value)
+            assert "CONTAINERS_STORAGE_CONF names a file that does not exist" in str(caught.value)
 
 
 @pytest.fixture
@@ -528,10 +549,21 @@ def test_a_store_that_needs_privileges_gives_a_clear_error(
         ("containers-storage:x", "mkdir /g/mounts: permission denied", AccessDeniedError),
         ("containers-storage:x", "chown /g/vfs: operation not permitted", AccessDeniedError),
         ("oci:/srv/x:latest", "open /srv/x/index.json: permission denied", AccessDeniedError),
+        (
+            "containers-storage:x",
+            "stat /etc/containers/storage.conf: no such file or directory",
+            RequestError,
+        ),
+        (
+            "containers-storage:x",
+            "stat /var/lib/containers/storage/x: no such file or directory",
+            ImageNotFoundError,
+        ),
     ],
 )
 def test_open_errors_are_typed(reference: str, message: str, expected: type) -> None:
-    error = proto.open_error(reference, proto.request_error("OpenImage", message, None))
+    conf = "/etc/containers/storage.conf"
+    error = proto.open_error(reference, proto.request_error("OpenImage", message, None), conf)
     assert type(error) is expected
     assert error.method == "OpenImage"
     hinted = "privileges the store needs" in str(error)

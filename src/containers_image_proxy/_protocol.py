@@ -159,6 +159,8 @@ def request_error(method: str, message: str, code: str | None) -> RequestError:
 
 
 STORAGE_TRANSPORT = "containers-storage:"
+#: The variable that names the storage.conf of containers-storage (inherited by skopeo).
+STORAGE_CONF_ENV = "CONTAINERS_STORAGE_CONF"
 _STORE_SPEC = re.compile(r"^\[[^\]]*\]")
 _IMAGE_ID = re.compile(r"@?([0-9a-f]{64})")
 _STORAGE_HINT = (
@@ -175,15 +177,21 @@ def is_storage_missing(reference: str, error: RequestError) -> bool:
     return reference.startswith(STORAGE_TRANSPORT) and isinstance(error, ImageNotFoundError)
 
 
-def open_error(reference: str, error: RequestError) -> RequestError:
+def open_error(
+    reference: str, error: RequestError, storage_conf: str | None = None
+) -> RequestError:
     """The error to raise when OpenImage of ``reference`` failed with ``error``.
 
     For ``containers-storage:`` references, an image ID that the store lacks (skopeo
-    then fails to parse the ID as a name) becomes :class:`ImageNotFoundError`, and a
-    denied access says what the store needs.
+    then fails to parse the ID as a name) becomes :class:`ImageNotFoundError`, a
+    denied access says what the store needs, and a missing ``storage_conf`` (the
+    child's ``CONTAINERS_STORAGE_CONF``) is not taken for a missing image.
     """
     if not reference.startswith(STORAGE_TRANSPORT):
         return error
+    if storage_conf and f"{storage_conf}: no such file" in error.message:
+        message = f"{error.message} ({STORAGE_CONF_ENV} names a file that does not exist)"
+        return RequestError(error.method, message, error.code)
     name = _STORE_SPEC.sub("", reference[len(STORAGE_TRANSPORT) :], count=1)
     match = _IMAGE_ID.fullmatch(name)
     if match and "64-byte hexadecimal" in error.message:

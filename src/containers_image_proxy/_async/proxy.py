@@ -682,6 +682,8 @@ class AsyncImageProxy:
         self._version = proto.ProtocolVersion(0, 0, 0)
         self._closed = False
         self._images: weakref.WeakSet[OpenedImage] = weakref.WeakSet()
+        #: The child's CONTAINERS_STORAGE_CONF (it inherits this process's environment).
+        self._storage_conf: str | None = None
 
     @property
     def protocol_version(self) -> str:
@@ -718,6 +720,7 @@ class AsyncImageProxy:
             raise ClosedError("this proxy was closed; create a new one")
         if self._channel is not None:
             return self
+        self._storage_conf = os.environ.get(proto.STORAGE_CONF_ENV)
         sock, child = await Backend.run_blocking(self._spawn)
         channel = _AsyncChannel(sock, child, self.config.stall_timeout)
         try:
@@ -788,7 +791,7 @@ class AsyncImageProxy:
             try:
                 reply = await channel.receive(method)
             except RequestError as exc:
-                failure = proto.open_error(reference, exc)
+                failure = proto.open_error(reference, exc, self._storage_conf)
                 if optional and proto.is_storage_missing(reference, failure):
                     return None
                 raise failure from None

@@ -678,6 +678,8 @@ class ImageProxy:
         self._version = proto.ProtocolVersion(0, 0, 0)
         self._closed = False
         self._images: weakref.WeakSet[OpenedImage] = weakref.WeakSet()
+        #: The child's CONTAINERS_STORAGE_CONF (it inherits this process's environment).
+        self._storage_conf: str | None = None
 
     @property
     def protocol_version(self) -> str:
@@ -714,6 +716,7 @@ class ImageProxy:
             raise ClosedError("this proxy was closed; create a new one")
         if self._channel is not None:
             return self
+        self._storage_conf = os.environ.get(proto.STORAGE_CONF_ENV)
         sock, child = Backend.run_blocking(self._spawn)
         channel = _SyncChannel(sock, child, self.config.stall_timeout)
         try:
@@ -784,7 +787,7 @@ class ImageProxy:
             try:
                 reply = channel.receive(method)
             except RequestError as exc:
-                failure = proto.open_error(reference, exc)
+                failure = proto.open_error(reference, exc, self._storage_conf)
                 if optional and proto.is_storage_missing(reference, failure):
                     return None
                 raise failure from None
