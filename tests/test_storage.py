@@ -496,6 +496,11 @@ def test_a_store_that_needs_privileges_gives_a_clear_error(
     for key, value in store.env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("HOME", str(home))
+    # skopeo makes its runtime directory there (in /tmp without it), as nobody.
+    runtime = home / "run"
+    runtime.mkdir(mode=0o700)
+    os.chown(runtime, NOBODY, NOBODY)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     as_nobody = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
     skopeo = list(skopeo_config.skopeo_cmd or ["skopeo"])
     config = ImageProxyConfig(skopeo_cmd=[*as_nobody, *skopeo])
