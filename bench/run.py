@@ -34,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from _table import markdown_table  # noqa: E402
+from containers_storage import markdown_section as storage_section  # noqa: E402
 from registry import Registry  # noqa: E402
 from relay import Relay  # noqa: E402
 
@@ -642,6 +643,7 @@ def write_report(result: dict[str, Any]) -> None:
         result["table"],
         "",
         *_unpack_section(),
+        *storage_section(),
         (HERE / "NOTES.md").read_text().strip(),
         "",
     ]

@@ -12,4 +12,5 @@ mypy
 python tools/gen_sync.py --check
 python bench/run.py --smoke >/dev/null
 python bench/unpack.py --smoke >/dev/null
+python bench/containers_storage.py --smoke >/dev/null
 python -m pytest --reliability-report=docs/reliability.md "$@"

@@ -29,6 +29,7 @@ from ._unpack_types import (
 from ._version import package_version as _package_version
 from .config import ImageProxyConfig
 from .errors import (
+    AccessDeniedError,
     AuthenticationError,
     BlobVerificationError,
     BusyError,
@@ -67,6 +68,7 @@ from .oci import ConvertedLayerInfo, Descriptor, Digest, ImageConfiguration, Ima
 __version__: str = _package_version()
 
 __all__ = [
+    "AccessDeniedError",
     "AsyncBlob",
     "AsyncImageProxy",
     "AsyncRawBlob",

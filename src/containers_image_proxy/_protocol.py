@@ -22,6 +22,7 @@ from typing import Annotated, Any, NamedTuple
 import msgspec
 
 from .errors import (
+    AccessDeniedError,
     AuthenticationError,
     BlobVerificationError,
     CertificateError,
@@ -178,9 +179,11 @@ _AUTHENTICATION = re.compile(
 )
 _NOT_FOUND = re.compile(
     r"manifest unknown|name unknown|blob unknown|unknown blob|not found|no such file"
-    r"|does not exist|no such image|reference does not exist|no descriptor found",
+    r"|does not exist|no such image|reference does not exist|no descriptor found"
+    r"|does not resolve to an image ID|image not known|layer not known",
     re.IGNORECASE,
 )
+_ACCESS_DENIED = re.compile(r"permission denied|operation not permitted", re.IGNORECASE)
 _BROKEN_PIPE = re.compile(r"broken pipe|EPIPE", re.IGNORECASE)
 _OPEN_METHODS = frozenset({"OpenImage", "OpenImageOptional"})
 
@@ -191,6 +194,7 @@ _CLASSES: tuple[tuple[re.Pattern[str], type[RequestError], bool], ...] = (
     (_INVALID_REFERENCE, InvalidReferenceError, True),
     (_CERTIFICATE, CertificateError, False),
     (_AUTHENTICATION, AuthenticationError, False),
+    (_ACCESS_DENIED, AccessDeniedError, False),
 )
 
 
@@ -225,6 +229,50 @@ def startup_error(
         return None
     field, advice = flags[match[1]]
     return UnsupportedOptionError(match[1], field, error.stderr.strip(), advice)
+
+
+STORAGE_TRANSPORT = "containers-storage:"
+#: The variable that names the storage.conf of containers-storage (inherited by skopeo).
+STORAGE_CONF_ENV = "CONTAINERS_STORAGE_CONF"
+_STORE_SPEC = re.compile(r"^\[[^\]]*\]")
+_IMAGE_ID = re.compile(r"@?([0-9a-f]{64})")
+_STORAGE_HINT = (
+    "this process lacks the privileges the store needs: run as the store's owner, and for"
+    " a rootless store inside its user namespace (skopeo_cmd=['podman', 'unshare', 'skopeo'])"
+)
+
+
+def is_storage_missing(reference: str, error: RequestError) -> bool:
+    """Whether ``error`` says that the ``containers-storage:`` image ``reference`` is missing.
+
+    OpenImageOptional answers None then; skopeo reports some of these as failures.
+    """
+    return reference.startswith(STORAGE_TRANSPORT) and isinstance(error, ImageNotFoundError)
+
+
+def open_error(
+    reference: str, error: RequestError, storage_conf: str | None = None
+) -> RequestError:
+    """The error to raise when OpenImage of ``reference`` failed with ``error``.
+
+    For ``containers-storage:`` references, an image ID that the store lacks (skopeo
+    then fails to parse the ID as a name) becomes :class:`ImageNotFoundError`, a
+    denied access says what the store needs, and a missing ``storage_conf`` (the
+    child's ``CONTAINERS_STORAGE_CONF``) is not taken for a missing image.
+    """
+    if not reference.startswith(STORAGE_TRANSPORT):
+        return error
+    if storage_conf and f"{storage_conf}: no such file" in error.message:
+        message = f"{error.message} ({STORAGE_CONF_ENV} names a file that does not exist)"
+        return RequestError(error.method, message, error.code)
+    name = _STORE_SPEC.sub("", reference[len(STORAGE_TRANSPORT) :], count=1)
+    match = _IMAGE_ID.fullmatch(name)
+    if match and "64-byte hexadecimal" in error.message:
+        message = f"no image with ID {match.group(1)} in the store ({error.message})"
+        return ImageNotFoundError(error.method, message, error.code)
+    if isinstance(error, AccessDeniedError):
+        return AccessDeniedError(error.method, f"{error.message} ({_STORAGE_HINT})", error.code)
+    return error
 
 
 def is_broken_pipe(error: RequestError) -> bool:

@@ -181,6 +181,15 @@ class CertificateError(RequestError):
     """TLS verification of the registry failed (unknown authority, wrong name, expired)."""
 
 
+class AccessDeniedError(RequestError):
+    """The proxy lacks the privileges a file or store it needs asks for.
+
+    Skopeo reported ``permission denied`` or ``operation not permitted``: e.g. a
+    ``containers-storage:`` store owned by root opened by another user, or a
+    rootless store used outside its user namespace. Running again as is will not help.
+    """
+
+
 class VerificationError(ImageProxyError):
     """Data did not match what it was promised to be (digest or size)."""
 

@@ -685,6 +685,8 @@ class AsyncImageProxy:
         self._closed = False
         self._images: weakref.WeakSet[OpenedImage] = weakref.WeakSet()
         self._policy_guard: PolicyGuard | None = None
+        #: The child's CONTAINERS_STORAGE_CONF (it inherits this process's environment).
+        self._storage_conf: str | None = None
 
     @property
     def protocol_version(self) -> str:
@@ -721,6 +723,7 @@ class AsyncImageProxy:
             raise ClosedError("this proxy was closed; create a new one")
         if self._channel is not None:
             return self
+        self._storage_conf = os.environ.get(proto.STORAGE_CONF_ENV)
         sock, child = await Backend.run_blocking(self._spawn)
         channel = _AsyncChannel(sock, child, self.config.stall_timeout)
         try:
@@ -783,6 +786,7 @@ class AsyncImageProxy:
             raise InvalidReferenceError(method, "image reference is empty")
         channel = self._live()
         proto.require(method, self._version)
+        optional = method == "OpenImageOptional"
         if not proto.enforces_policy(self._version):
             # Fail closed: this proxy would open the image whatever the policy says.
             if self._policy_guard is None:
@@ -796,8 +800,14 @@ class AsyncImageProxy:
             if credentials is not None and host is not None:
                 child.set_registry_auth(proto.auth_file_contents(host, *credentials))
             await channel.send(method, [reference])
-            reply = await channel.receive(method)
-        handle = proto.image_handle(method, reply.value, optional=method == "OpenImageOptional")
+            try:
+                reply = await channel.receive(method)
+            except RequestError as exc:
+                failure = proto.open_error(reference, exc, self._storage_conf)
+                if optional and proto.is_storage_missing(reference, failure):
+                    return None
+                raise failure from None
+        handle = proto.image_handle(method, reply.value, optional=optional)
         if handle == 0:
             return None
         image = OpenedImage(self, handle, reference)

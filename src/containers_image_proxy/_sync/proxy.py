@@ -681,6 +681,8 @@ class ImageProxy:
         self._closed = False
         self._images: weakref.WeakSet[OpenedImage] = weakref.WeakSet()
         self._policy_guard: PolicyGuard | None = None
+        #: The child's CONTAINERS_STORAGE_CONF (it inherits this process's environment).
+        self._storage_conf: str | None = None
 
     @property
     def protocol_version(self) -> str:
@@ -717,6 +719,7 @@ class ImageProxy:
             raise ClosedError("this proxy was closed; create a new one")
         if self._channel is not None:
             return self
+        self._storage_conf = os.environ.get(proto.STORAGE_CONF_ENV)
         sock, child = Backend.run_blocking(self._spawn)
         channel = _SyncChannel(sock, child, self.config.stall_timeout)
         try:
@@ -779,6 +782,7 @@ class ImageProxy:
             raise InvalidReferenceError(method, "image reference is empty")
         channel = self._live()
         proto.require(method, self._version)
+        optional = method == "OpenImageOptional"
         if not proto.enforces_policy(self._version):
             # Fail closed: this proxy would open the image whatever the policy says.
             if self._policy_guard is None:
@@ -792,8 +796,14 @@ class ImageProxy:
             if credentials is not None and host is not None:
                 child.set_registry_auth(proto.auth_file_contents(host, *credentials))
             channel.send(method, [reference])
-            reply = channel.receive(method)
-        handle = proto.image_handle(method, reply.value, optional=method == "OpenImageOptional")
+            try:
+                reply = channel.receive(method)
+            except RequestError as exc:
+                failure = proto.open_error(reference, exc, self._storage_conf)
+                if optional and proto.is_storage_missing(reference, failure):
+                    return None
+                raise failure from None
+        handle = proto.image_handle(method, reply.value, optional=optional)
         if handle == 0:
             return None
         image = OpenedImage(self, handle, reference)
