@@ -17,6 +17,7 @@ from registry import Registry, RegistryImage
 from signing import upstream_skopeo
 
 from containers_image_proxy import (
+    AccessDeniedError,
     AuthenticationError,
     BlobVerificationError,
     CertificateError,
@@ -129,7 +130,7 @@ def test_invalid_reference_is_a_value_error() -> None:
         ("GetBlob", "signature of the layer", RequestError),
         ("GetManifest", "invalid reference format", RequestError),
         # A local permission error is not a registry's refusal.
-        ("OpenImage", "open /srv/layout/index.json: permission denied", RequestError),
+        ("OpenImage", "open /srv/layout/index.json: permission denied", AccessDeniedError),
         ("OpenImage", "reading manifest x: StatusCode: 401", AuthenticationError),
         ("OpenImage", "dial tcp 127.0.0.1:1: connect: connection refused", RequestError),
         ("OpenImage", "http: server gave HTTP response to HTTPS client", RequestError),

@@ -50,7 +50,7 @@ from containers_image_proxy import (
     unpack_async,
 )
 from containers_image_proxy import _protocol as proto
-from containers_image_proxy.errors import LayerUnavailableError, RequestError
+from containers_image_proxy.errors import InvalidReferenceError, LayerUnavailableError, RequestError
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -539,7 +539,7 @@ def test_a_store_that_needs_privileges_gives_a_clear_error(
         (
             "docker://" + "ab" * 32,
             "invalid repository name, cannot specify 64-byte hexadecimal strings",
-            RequestError,
+            InvalidReferenceError,
         ),
         (
             "containers-storage:localhost/x:latest",
