@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import threading
@@ -12,13 +11,16 @@ from pathlib import Path
 from typing import TypeVar
 
 from ._async.proxy import AsyncBlob, AsyncImageProxy
+from ._async.retry import AsyncImageSource, AsyncResumingBlob
 from ._backends import run_in_thread_until_done
 from ._sync.proxy import ImageProxy
-from ._unpack_stream import LayerStream, open_layer
+from ._sync.retry import ImageSource, ResumingBlob, RetryCallback, retry_policy
+from ._unpack_stream import LayerStream
 from ._unpack_tree import RootfsWriter, _Stopped, discard_tree
 from ._unpack_types import LayerResult, UnpackLimits, UnpackResult
 from .config import ImageProxyConfig
 from .errors import InvalidDocumentError
+from .events import BlobRetrying
 from .oci import Descriptor, Digest, ImageConfiguration, ImageManifest
 
 __all__ = ["unpack", "unpack_async"]
@@ -67,24 +69,30 @@ def _unpack(
     rootless: bool | None,
     progress: LayerCallback | None,
     stop: threading.Event | None,
+    on_retry: RetryCallback | None = None,
 ) -> UnpackResult:
     created = _prepare(dest)
+    retries: list[BlobRetrying] = []
     try:
-        with contextlib.ExitStack() as stack:
-            if proxy is None:
-                proxy = stack.enter_context(ImageProxy(config))
-            image = stack.enter_context(proxy.open_image(reference))
-            digest, manifest = proxy.fetch_manifest(image)
-            image_config = proxy.fetch_config(image)
+        with ImageSource(reference, config, proxy) as source:
+            policy = retry_policy(source.config)
+            digest, manifest = source.proxy.fetch_manifest(source.image)
+            image_config = source.proxy.fetch_config(source.image)
             layers = _pairs(manifest, image_config)
             results: list[LayerResult] = []
             with RootfsWriter(dest, limits=limits, rootless=rootless) as writer:
                 writer._stop = stop
                 for descriptor, diff_id in layers:
-                    with open_layer(
-                        proxy, image, descriptor, diff_id, max_bytes=_remaining(writer)
-                    ) as stream:
+                    # A failed transfer resumes where it stopped; the diff_id check
+                    # covers the bytes read before the failure, so they need no hash.
+                    blob = ResumingBlob(source, descriptor, policy, on_retry, check_prefix=False)
+                    with blob.open():
+                        stream = LayerStream(
+                            blob, descriptor.media_type, diff_id, max_bytes=_remaining(writer)
+                        )
                         result = writer.apply(stream, descriptor=descriptor)
+                        stream.finish()
+                    retries += blob.retries
                     results.append(result)
                     if progress is not None:
                         progress(result)
@@ -99,6 +107,7 @@ def _unpack(
         layers=tuple(results),
         rootless=writer.rootless,
         warnings=tuple(writer.warnings),
+        retries=tuple(retries),
     )
 
 
@@ -111,6 +120,7 @@ def unpack(
     limits: UnpackLimits | None = None,
     rootless: bool | None = None,
     progress: LayerCallback | None = None,
+    on_retry: RetryCallback | None = None,
 ) -> UnpackResult:
     """Unpack the image ``reference`` into the root filesystem directory ``dest``.
 
@@ -124,7 +134,10 @@ def unpack(
     running as root) leaves ownership alone and skips device nodes. ``progress`` is
     called with each layer's :class:`LayerResult`.
 
-    On any failure ``dest`` is emptied (and removed if this call created it).
+    A layer transfer that fails for a reason that may pass (a cut connection, an
+    HTTP 5xx) resumes where it stopped, as often as the configuration's
+    ``retry_times`` allows; each retry goes to ``on_retry`` and into the result.
+    On any other failure ``dest`` is emptied (and removed if this call created it).
 
     Raises:
         FileExistsError: ``dest`` is not empty.
@@ -135,7 +148,7 @@ def unpack(
         VerificationError: a blob or a decompressed layer does not match its digest.
         ImageProxyError: anything the proxy reports (a missing image...).
     """
-    return _unpack(reference, Path(dest), config, proxy, limits, rootless, progress, stop=None)
+    return _unpack(reference, Path(dest), config, proxy, limits, rootless, progress, None, on_retry)
 
 
 class _Bridge:
@@ -174,24 +187,29 @@ async def _unpack_with(
     rootless: bool | None,
     progress: LayerCallback | None,
     stop: threading.Event,
+    on_retry: RetryCallback | None,
 ) -> UnpackResult:
     loop = asyncio.get_running_loop()
     created = await asyncio.to_thread(_prepare, dest)
     writer: RootfsWriter | None = None
+    retries: list[BlobRetrying] = []
     try:
-        async with await proxy.open_image(reference) as image:
-            digest, manifest = await proxy.fetch_manifest(image)
-            image_config = await proxy.fetch_config(image)
+        async with AsyncImageSource(reference, proxy=proxy) as source:
+            policy = retry_policy(proxy.config)
+            digest, manifest = await proxy.fetch_manifest(source.image)
+            image_config = await proxy.fetch_config(source.image)
             layers = _pairs(manifest, image_config)
             writer = RootfsWriter(dest, limits=limits, rootless=rootless)
             writer._stop = stop
             results: list[LayerResult] = []
             for descriptor, diff_id in layers:
-                async with await proxy.get_descriptor(image, descriptor) as blob:
+                blob = AsyncResumingBlob(source, descriptor, policy, on_retry, check_prefix=False)
+                async with await blob.open():
                     work = functools.partial(
                         _apply, writer, _Bridge(blob, loop), descriptor, diff_id
                     )
                     result = await run_in_thread_until_done(work, stop)
+                retries += blob.retries
                 results.append(result)
                 if progress is not None:
                     progress(result)
@@ -209,6 +227,7 @@ async def _unpack_with(
         layers=tuple(results),
         rootless=writer.rootless,
         warnings=tuple(writer.warnings),
+        retries=tuple(retries),
     )
 
 
@@ -221,6 +240,7 @@ async def unpack_async(
     limits: UnpackLimits | None = None,
     rootless: bool | None = None,
     progress: LayerCallback | None = None,
+    on_retry: RetryCallback | None = None,
 ) -> UnpackResult:
     """The asyncio twin of :func:`unpack`, with the same arguments and rules.
 
@@ -237,9 +257,11 @@ async def unpack_async(
     try:
         if proxy is None:
             work = functools.partial(
-                _unpack, reference, path, config, None, limits, rootless, progress, stop
+                _unpack, reference, path, config, None, limits, rootless, progress, stop, on_retry
             )
             return await run_in_thread_until_done(work, stop)
-        return await _unpack_with(reference, path, proxy, limits, rootless, progress, stop)
+        return await _unpack_with(
+            reference, path, proxy, limits, rootless, progress, stop, on_retry
+        )
     except _Stopped:
         raise asyncio.CancelledError from None

@@ -23,6 +23,7 @@ from ..errors import RequestError, VerificationError
 from ..events import (
     BlobFinished,
     BlobProgress,
+    BlobRetrying,
     BlobStarted,
     PullEvent,
     PullResult,
@@ -31,6 +32,13 @@ from ..events import (
 )
 from ..oci import MEDIA_TYPE_IMAGE_MANIFEST, Descriptor, Digest, decode_config, decode_manifest
 from .proxy import AsyncBlob, AsyncImageProxy
+from .retry import (
+    AsyncImageSource,
+    AsyncResumingBlob,
+    RetryCallback,
+    retry_policy,
+    retry_transfer,
+)
 
 __all__ = ["pull_async", "stream_layers_async"]
 
@@ -98,16 +106,15 @@ async def pull_async(
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     layout = Layout(dest)
     tag = tag if tag is not None else default_tag(reference)
+    retries: list[BlobRetrying] = []
     async with contextlib.AsyncExitStack() as stack:
-        if proxy is None:
-            count = min(MAX_PROXIES, math.ceil(jobs / STREAMS_PER_PROXY))
-            proxies = [
-                await stack.enter_async_context(AsyncImageProxy(config)) for _ in range(count)
-            ]
-        else:
-            proxies = [proxy]
-        images = [await stack.enter_async_context(await p.open_image(reference)) for p in proxies]
-        source_digest, raw = await proxies[0].fetch_manifest_raw_oci(images[0])
+        count = 1 if proxy is not None else min(MAX_PROXIES, math.ceil(jobs / STREAMS_PER_PROXY))
+        sources = [
+            await stack.enter_async_context(AsyncImageSource(reference, config, proxy))
+            for _ in range(count)
+        ]
+        policy = retry_policy(sources[0].config)
+        source_digest, raw = await sources[0].proxy.fetch_manifest_raw_oci(sources[0].image)
         manifest = decode_manifest(raw)
         blobs = (manifest.config, *manifest.layers)
         if progress is not None:
@@ -124,15 +131,18 @@ async def pull_async(
                 return
             if progress is not None:
                 progress(BlobStarted(descriptor))
-            slot = index % len(proxies)
-            proxy_, image = proxies[slot], images[slot]
-            if index == 0:
-                data = await _fetch_config(proxy_, image, descriptor)
-                layout.write_blob(descriptor.digest, data)
-                if progress is not None:
-                    progress(BlobProgress(descriptor, len(data), len(data)))
-            else:
-                await _fetch_layer(proxy_, image, descriptor, layout, progress)
+            source = sources[index % len(sources)]
+
+            async def attempt() -> None:
+                if index == 0:
+                    data = await _fetch_config(source.proxy, source.image, descriptor)
+                    layout.write_blob(descriptor.digest, data)
+                    if progress is not None:
+                        progress(BlobProgress(descriptor, len(data), len(data)))
+                else:
+                    await _fetch_layer(source.proxy, source.image, descriptor, layout, progress)
+
+            await retry_transfer(attempt, descriptor, source, policy, progress, retries)
             fetched.append(descriptor)
             if progress is not None:
                 progress(BlobFinished(descriptor, skipped=False))
@@ -143,7 +153,13 @@ async def pull_async(
 
             return run
 
-        await Backend.run_all([task(i, blob) for i, blob in enumerate(blobs)], jobs)
+        def abort() -> None:
+            # The blocking twin's threads cannot be cancelled: stopping our skopeos
+            # makes the blobs they stream end at once.
+            for source in sources:
+                source.stop()
+
+        await Backend.run_all([task(i, blob) for i, blob in enumerate(blobs)], jobs, abort)
 
         config_blob = layout.blob_path(manifest.config.digest).read_bytes()
         platform = _platform(config_blob)
@@ -167,6 +183,7 @@ async def pull_async(
         fetched=tuple(d.digest for d in fetched),
         skipped=tuple(d.digest for d in blobs if d.digest in present),
         bytes_fetched=sum(d.size for d in fetched),
+        retries=tuple(retries),
     )
 
 
@@ -208,20 +225,23 @@ async def stream_layers_async(
     *,
     config: ImageProxyConfig | None = None,
     proxy: AsyncImageProxy | None = None,
+    on_retry: RetryCallback | None = None,
 ) -> list[Descriptor]:
     """Hand each layer of ``reference`` to ``consume`` as a verified stream, in order.
 
     Nothing touches the disk. Whatever ``consume`` leaves unread is drained, so that
-    every layer is verified whole; its errors are raised from here. Returns the
+    every layer is verified whole; its errors are raised from here. A transfer that
+    fails for a reason that may pass is resumed where it stopped, as often as the
+    configuration's ``retry_times`` allows (each retry goes to ``on_retry``), the
+    bytes already handed out being checked against the new transfer. Returns the
     layer descriptors.
     """
-    async with contextlib.AsyncExitStack() as stack:
-        if proxy is None:
-            proxy = await stack.enter_async_context(AsyncImageProxy(config))
-        image = await stack.enter_async_context(await proxy.open_image(reference))
-        _, manifest = await proxy.fetch_manifest(image)
+    async with AsyncImageSource(reference, config, proxy) as source:
+        policy = retry_policy(source.config)
+        _, manifest = await source.proxy.fetch_manifest(source.image)
         for layer in manifest.layers:
-            async with await proxy.get_descriptor(image, layer) as blob:
+            blob = await AsyncResumingBlob(source, layer, policy, on_retry).open()
+            async with blob:
                 await consume(layer, blob)
                 if not blob.closed:
                     with open(os.devnull, "wb") as sink:

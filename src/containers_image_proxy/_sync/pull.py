@@ -25,6 +25,7 @@ from ..errors import RequestError, VerificationError
 from ..events import (
     BlobFinished,
     BlobProgress,
+    BlobRetrying,
     BlobStarted,
     PullEvent,
     PullResult,
@@ -33,6 +34,13 @@ from ..events import (
 )
 from ..oci import MEDIA_TYPE_IMAGE_MANIFEST, Descriptor, Digest, decode_config, decode_manifest
 from .proxy import Blob, ImageProxy
+from .retry import (
+    ImageSource,
+    ResumingBlob,
+    RetryCallback,
+    retry_policy,
+    retry_transfer,
+)
 
 __all__ = ["pull", "stream_layers"]
 
@@ -98,14 +106,12 @@ def pull(
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     layout = Layout(dest)
     tag = tag if tag is not None else default_tag(reference)
+    retries: list[BlobRetrying] = []
     with contextlib.ExitStack() as stack:
-        if proxy is None:
-            count = min(MAX_PROXIES, math.ceil(jobs / STREAMS_PER_PROXY))
-            proxies = [stack.enter_context(ImageProxy(config)) for _ in range(count)]
-        else:
-            proxies = [proxy]
-        images = [stack.enter_context(p.open_image(reference)) for p in proxies]
-        source_digest, raw = proxies[0].fetch_manifest_raw_oci(images[0])
+        count = 1 if proxy is not None else min(MAX_PROXIES, math.ceil(jobs / STREAMS_PER_PROXY))
+        sources = [stack.enter_context(ImageSource(reference, config, proxy)) for _ in range(count)]
+        policy = retry_policy(sources[0].config)
+        source_digest, raw = sources[0].proxy.fetch_manifest_raw_oci(sources[0].image)
         manifest = decode_manifest(raw)
         blobs = (manifest.config, *manifest.layers)
         if progress is not None:
@@ -122,15 +128,18 @@ def pull(
                 return
             if progress is not None:
                 progress(BlobStarted(descriptor))
-            slot = index % len(proxies)
-            proxy_, image = proxies[slot], images[slot]
-            if index == 0:
-                data = _fetch_config(proxy_, image, descriptor)
-                layout.write_blob(descriptor.digest, data)
-                if progress is not None:
-                    progress(BlobProgress(descriptor, len(data), len(data)))
-            else:
-                _fetch_layer(proxy_, image, descriptor, layout, progress)
+            source = sources[index % len(sources)]
+
+            def attempt() -> None:
+                if index == 0:
+                    data = _fetch_config(source.proxy, source.image, descriptor)
+                    layout.write_blob(descriptor.digest, data)
+                    if progress is not None:
+                        progress(BlobProgress(descriptor, len(data), len(data)))
+                else:
+                    _fetch_layer(source.proxy, source.image, descriptor, layout, progress)
+
+            retry_transfer(attempt, descriptor, source, policy, progress, retries)
             fetched.append(descriptor)
             if progress is not None:
                 progress(BlobFinished(descriptor, skipped=False))
@@ -141,7 +150,13 @@ def pull(
 
             return run
 
-        Backend.run_all([task(i, blob) for i, blob in enumerate(blobs)], jobs)
+        def abort() -> None:
+            # The blocking twin's threads cannot be cancelled: stopping our skopeos
+            # makes the blobs they stream end at once.
+            for source in sources:
+                source.stop()
+
+        Backend.run_all([task(i, blob) for i, blob in enumerate(blobs)], jobs, abort)
 
         config_blob = layout.blob_path(manifest.config.digest).read_bytes()
         platform = _platform(config_blob)
@@ -165,6 +180,7 @@ def pull(
         fetched=tuple(d.digest for d in fetched),
         skipped=tuple(d.digest for d in blobs if d.digest in present),
         bytes_fetched=sum(d.size for d in fetched),
+        retries=tuple(retries),
     )
 
 
@@ -206,20 +222,23 @@ def stream_layers(
     *,
     config: ImageProxyConfig | None = None,
     proxy: ImageProxy | None = None,
+    on_retry: RetryCallback | None = None,
 ) -> list[Descriptor]:
     """Hand each layer of ``reference`` to ``consume`` as a verified stream, in order.
 
     Nothing touches the disk. Whatever ``consume`` leaves unread is drained, so that
-    every layer is verified whole; its errors are raised from here. Returns the
+    every layer is verified whole; its errors are raised from here. A transfer that
+    fails for a reason that may pass is resumed where it stopped, as often as the
+    configuration's ``retry_times`` allows (each retry goes to ``on_retry``), the
+    bytes already handed out being checked against the new transfer. Returns the
     layer descriptors.
     """
-    with contextlib.ExitStack() as stack:
-        if proxy is None:
-            proxy = stack.enter_context(ImageProxy(config))
-        image = stack.enter_context(proxy.open_image(reference))
-        _, manifest = proxy.fetch_manifest(image)
+    with ImageSource(reference, config, proxy) as source:
+        policy = retry_policy(source.config)
+        _, manifest = source.proxy.fetch_manifest(source.image)
         for layer in manifest.layers:
-            with proxy.get_descriptor(image, layer) as blob:
+            blob = ResumingBlob(source, layer, policy, on_retry).open()
+            with blob:
                 consume(layer, blob)
                 if not blob.closed:
                     with open(os.devnull, "wb") as sink:
