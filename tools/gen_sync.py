@@ -34,6 +34,7 @@ REPLACEMENTS = {
     "enter_async_context": "enter_context",
     "pull_async": "pull",
     "stream_layers_async": "stream_layers",
+    "unpack_async": "unpack",
 }
 
 # Wording in docstrings and comments, which token replacement does not reach.
