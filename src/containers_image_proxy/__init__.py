@@ -47,6 +47,7 @@ from .errors import (
 from .events import (
     BlobFinished,
     BlobProgress,
+    BlobRetrying,
     BlobStarted,
     PullEvent,
     PullResult,
@@ -61,6 +62,7 @@ __all__ = [
     "Blob",
     "BlobFinished",
     "BlobProgress",
+    "BlobRetrying",
     "BlobStarted",
     "BlobVerificationError",
     "BusyError",

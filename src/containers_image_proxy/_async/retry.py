@@ -189,6 +189,9 @@ async def retry_transfer(
 def _report(
     event: BlobRetrying, on_retry: RetryCallback | None, retries: list[BlobRetrying] | None
 ) -> None:
+    # The error is kept, not raised again: its traceback would keep alive the frames
+    # of the failed attempt, and with them views of the reader's buffer.
+    event.error.__traceback__ = None
     _log.info(
         "blob %s: %s; retry %d of %d in %.1f s",
         event.descriptor.digest,
