@@ -29,6 +29,7 @@ from skopeos import SKOPEOS, UPSTREAM_ENV, skopeo_command
 
 from containers_image_proxy import (
     AsyncImageProxy,
+    BusyError,
     ImageProxyConfig,
     OpenedImage,
     RequestError,
@@ -308,3 +309,35 @@ async def test_failed_source_known_size(big_layers_image: BuiltImage, probe: flo
         else:
             assert elapsed >= stall  # without a probe only the stall timeout ends it
         assert (await proxy.fetch_manifest(img))[0] == big_layers_image.manifest_digest
+
+
+@pytest.mark.reliability(
+    "bad input", "another request from the reader of a probed blob, before its end"
+)
+async def test_request_before_the_end_of_a_probed_blob(
+    relay: Relay, big_image: RegistryImage, observe: Observe
+) -> None:
+    # After a probe the proxy waits for the rest of that blob: a request from the
+    # same thread or task before the blob's end could never be served.
+    config = _config(skopeo_command("debian"), stall_timeout=30, probe_interval=0.5)
+    async with (
+        AsyncImageProxy(config) as proxy,
+        await proxy.open_image(_ref(relay, big_image)) as img,
+    ):
+        digest, manifest = await proxy.fetch_manifest(img)
+        layer = manifest.layers[0]
+        relay.set_faults(pause_after=MID_BLOB)
+        resume = threading.Timer(2.0, relay.set_faults)
+        resume.start()
+        try:
+            async with await proxy.get_descriptor(img, layer) as blob:
+                head = b""
+                while len(head) < MID_BLOB + (1 << 16):  # past the pause, so probed
+                    head += await blob.read(1 << 16)
+                with pytest.raises(BusyError, match="FinishPipe is out") as info:
+                    await proxy.fetch_manifest(img)
+                assert head + await blob.read() == _layer_data(big_image, layer)
+        finally:
+            resume.cancel()
+        assert (await proxy.fetch_manifest(img))[0] == digest  # free again
+    observe(f"BusyError at once: {info.value}")

@@ -30,6 +30,7 @@ from relay import Relay
 from skopeos import SKOPEOS, UPSTREAM_ENV, skopeo_command
 
 from containers_image_proxy import (
+    BusyError,
     ImageProxy,
     ImageProxyConfig,
     OpenedImage,
@@ -304,3 +305,35 @@ def test_failed_source_known_size(big_layers_image: BuiltImage, probe: float | N
         else:
             assert elapsed >= stall  # without a probe only the stall timeout ends it
         assert (proxy.fetch_manifest(img))[0] == big_layers_image.manifest_digest
+
+
+@pytest.mark.reliability(
+    "bad input", "another request from the reader of a probed blob, before its end"
+)
+def test_request_before_the_end_of_a_probed_blob(
+    relay: Relay, big_image: RegistryImage, observe: Observe
+) -> None:
+    # After a probe the proxy waits for the rest of that blob: a request from the
+    # same thread or task before the blob's end could never be served.
+    config = _config(skopeo_command("debian"), stall_timeout=30, probe_interval=0.5)
+    with (
+        ImageProxy(config) as proxy,
+        proxy.open_image(_ref(relay, big_image)) as img,
+    ):
+        digest, manifest = proxy.fetch_manifest(img)
+        layer = manifest.layers[0]
+        relay.set_faults(pause_after=MID_BLOB)
+        resume = threading.Timer(2.0, relay.set_faults)
+        resume.start()
+        try:
+            with proxy.get_descriptor(img, layer) as blob:
+                head = b""
+                while len(head) < MID_BLOB + (1 << 16):  # past the pause, so probed
+                    head += blob.read(1 << 16)
+                with pytest.raises(BusyError, match="FinishPipe is out") as info:
+                    proxy.fetch_manifest(img)
+                assert head + blob.read() == _layer_data(big_image, layer)
+        finally:
+            resume.cancel()
+        assert (proxy.fetch_manifest(img))[0] == digest  # free again
+    observe(f"BusyError at once: {info.value}")

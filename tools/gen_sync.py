@@ -23,6 +23,7 @@ REPLACEMENTS = {
     "AsyncBackend": "SyncBackend",
     "AsyncStreamBase": "SyncStreamBase",
     "_AsyncChannel": "_SyncChannel",
+    "_AsyncChannelLock": "_SyncChannelLock",
     "AsyncBlobStream": "BlobStream",
     "AsyncBlob": "Blob",
     "AsyncRawBlob": "RawBlob",

@@ -79,6 +79,11 @@ class SyncBackend:
         return function(*args, threading.Event())
 
     @staticmethod
+    def current_owner() -> object:
+        """Who is running: the current thread."""
+        return threading.get_ident()
+
+    @staticmethod
     def try_acquire(lock: threading.Lock) -> bool:
         """Take ``lock`` if it is free, without waiting; whether it was taken."""
         return lock.acquire(blocking=False)
@@ -190,6 +195,11 @@ class AsyncBackend:
         """
         stop = threading.Event()
         return await run_in_thread_until_done(lambda: function(*args, stop), stop)
+
+    @staticmethod
+    def current_owner() -> object:
+        """Who is running: the current task (None outside of one)."""
+        return asyncio.current_task()
 
     @staticmethod
     async def try_acquire(lock: asyncio.Lock) -> bool:

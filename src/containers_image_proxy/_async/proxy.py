@@ -119,6 +119,54 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[os.write(fd, data) :]
 
 
+class _AsyncChannelLock:
+    """The channel's lock, knowing which thread or task holds it.
+
+    A blob whose FinishPipe is out holds it until its data ends (PROTOCOL.md rule
+    2). Should the same thread or task then wait for the lock (another request,
+    another blob's end), it would wait forever: it raises :class:`BusyError`.
+    """
+
+    def __init__(self) -> None:
+        self._lock = Backend.Lock()
+        self._owner: object = None
+        self._holder = ""
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def _check(self, owner: object) -> None:
+        if owner is not None and owner == self._owner and self._holder:
+            raise BusyError(
+                f"the proxy waits for the rest of {self._holder} (its FinishPipe is out):"
+                " read that blob to its end or close it before anything else in this"
+                " thread or task"
+            )
+
+    async def acquire(self, holder: str = "") -> None:
+        owner = Backend.current_owner()
+        self._check(owner)
+        await self._lock.acquire()
+        self._owner, self._holder = owner, holder
+
+    async def try_acquire(self, holder: str = "") -> bool:
+        owner = Backend.current_owner()
+        if not await Backend.try_acquire(self._lock):
+            return False
+        self._owner, self._holder = owner, holder
+        return True
+
+    def release(self) -> None:
+        self._owner, self._holder = None, ""
+        self._lock.release()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
+
+
 class _AsyncChannel:
     """The socket to the proxy: one request and its reply at a time, in order."""
 
@@ -134,7 +182,7 @@ class _AsyncChannel:
         self.stall = stall
         #: Seconds of silence on a blob pipe before FinishPipe is sent as a probe.
         self.probe = probe
-        self.lock = Backend.Lock()
+        self.lock = _AsyncChannelLock()
         self.failure: ImageProxyError | None = None
         #: Requests sent whose replies have not been received yet. Above zero when
         #: a caller gave up waiting (a cancelled task, an interrupt): the replies
@@ -472,7 +520,7 @@ class AsyncBlob(AsyncBlobStream):
 
     async def _probe(self) -> None:
         # Only when the proxy is free: waiting for the lock would stop this reader.
-        if not await Backend.try_acquire(self._channel.lock):
+        if not await self._channel.lock.try_acquire(f"blob {self.digest}"):
             self._watch.probe_deferred()
             return
         self._holding = True
@@ -584,7 +632,7 @@ class AsyncBlob(AsyncBlobStream):
         # comes after the end of the data, so the proxy is held until then; a reply
         # that comes earlier reports a failed source.
         if not self._holding and not self._answered:
-            await self._channel.lock.acquire()
+            await self._channel.lock.acquire(f"blob {self.digest}")
             self._holding = True
             try:
                 await self._channel.send_finish(self._pipeid, "GetBlob")

@@ -121,6 +121,54 @@ def _write_all(fd: int, data: memoryview) -> None:
         data = data[os.write(fd, data) :]
 
 
+class _SyncChannelLock:
+    """The channel's lock, knowing which thread or task holds it.
+
+    A blob whose FinishPipe is out holds it until its data ends (PROTOCOL.md rule
+    2). Should the same thread or task then wait for the lock (another request,
+    another blob's end), it would wait forever: it raises :class:`BusyError`.
+    """
+
+    def __init__(self) -> None:
+        self._lock = Backend.Lock()
+        self._owner: object = None
+        self._holder = ""
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def _check(self, owner: object) -> None:
+        if owner is not None and owner == self._owner and self._holder:
+            raise BusyError(
+                f"the proxy waits for the rest of {self._holder} (its FinishPipe is out):"
+                " read that blob to its end or close it before anything else in this"
+                " thread or task"
+            )
+
+    def acquire(self, holder: str = "") -> None:
+        owner = Backend.current_owner()
+        self._check(owner)
+        self._lock.acquire()
+        self._owner, self._holder = owner, holder
+
+    def try_acquire(self, holder: str = "") -> bool:
+        owner = Backend.current_owner()
+        if not Backend.try_acquire(self._lock):
+            return False
+        self._owner, self._holder = owner, holder
+        return True
+
+    def release(self) -> None:
+        self._owner, self._holder = None, ""
+        self._lock.release()
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
 class _SyncChannel:
     """The socket to the proxy: one request and its reply at a time, in order."""
 
@@ -136,7 +184,7 @@ class _SyncChannel:
         self.stall = stall
         #: Seconds of silence on a blob pipe before FinishPipe is sent as a probe.
         self.probe = probe
-        self.lock = Backend.Lock()
+        self.lock = _SyncChannelLock()
         self.failure: ImageProxyError | None = None
         #: Requests sent whose replies have not been received yet. Above zero when
         #: a caller gave up waiting (a cancelled task, an interrupt): the replies
@@ -470,7 +518,7 @@ class Blob(BlobStream):
 
     def _probe(self) -> None:
         # Only when the proxy is free: waiting for the lock would stop this reader.
-        if not Backend.try_acquire(self._channel.lock):
+        if not self._channel.lock.try_acquire(f"blob {self.digest}"):
             self._watch.probe_deferred()
             return
         self._holding = True
@@ -582,7 +630,7 @@ class Blob(BlobStream):
         # comes after the end of the data, so the proxy is held until then; a reply
         # that comes earlier reports a failed source.
         if not self._holding and not self._answered:
-            self._channel.lock.acquire()
+            self._channel.lock.acquire(f"blob {self.digest}")
             self._holding = True
             try:
                 self._channel.send_finish(self._pipeid, "GetBlob")
