@@ -94,8 +94,9 @@ class ImageProxyConfig:
     stall_timeout: float | None = 300.0
     #: Seconds a blob may deliver no data before the proxy is asked (FinishPipe) whether
     #: its source failed, so that a dead source is reported in seconds rather than after
-    #: ``stall_timeout``; None never asks. A source that then stays silent ties up the
-    #: proxy until ``stall_timeout``, after which that proxy is no longer usable.
+    #: ``stall_timeout``; None never asks. Once asked, the proxy serves nothing else
+    #: until that blob's data ends: a source that stays silent ties it up until
+    #: ``stall_timeout``, after which that proxy is no longer usable.
     probe_interval: float | None = 3.0
     #: Times ``pull``, ``unpack`` and ``stream_layers`` retry a blob whose transfer
     #: failed for a reason that may pass (a cut connection, an HTTP 5xx, a stall).

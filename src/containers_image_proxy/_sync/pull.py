@@ -101,6 +101,10 @@ def pull(
     interrupted pull can simply be run again. ``jobs`` blobs are fetched at once,
     over one proxy or, above ``STREAMS_PER_PROXY``, over a few. An open ``proxy``
     may be given to reuse it (``config`` is then ignored and ``jobs`` share it).
+    A blob whose transfer fails for a reason that may pass is fetched again, as the
+    configuration's ``retry_times`` and ``retry_delay`` say; each retry is a
+    :class:`BlobRetrying` event and is listed in the result. A proxy of the pull's
+    own that can no longer serve requests is replaced for the retry.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
