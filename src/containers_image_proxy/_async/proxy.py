@@ -453,7 +453,9 @@ class AsyncBlob(AsyncBlobStream):
     verification error) or close it early. Several blobs may stream at once.
     When the source goes silent for the configured ``probe_interval``, the blob
     asks the proxy (FinishPipe) whether the source failed: a failure is raised
-    at once, with the proxy's error, instead of after the stall timeout.
+    at once, with the proxy's error, instead of after the stall timeout. Until the
+    data of a blob so asked ends, the proxy serves nothing else; the thread or task
+    reading it gets :class:`BusyError` if it makes another request meanwhile.
     """
 
     def __init__(
