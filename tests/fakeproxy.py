@@ -29,6 +29,10 @@ Fake options (accepted before or after ``experimental-image-proxy``):
     without closing anything.
 ``--unknown-size``
     GetBlob and GetRawBlob reply with value -1 instead of the size.
+``--fail-blob``
+    GetBlob workers write half of the blob, then fail as skopeo's do when the
+    registry resets the connection: the write end stays open until FinishPipe,
+    whose reply carries the error (with code "retryable" from 0.2.8).
 ``--die-on METHOD``
     upon receiving METHOD, write "fake proxy dying" to stderr and exit with status 3
     (repeatable).
@@ -154,6 +158,7 @@ FAKE_FLAGS: dict[str, FlagKind] = {
     "raw-blob-extra-bytes": "int",
     "stall-blob": "bool",
     "unknown-size": "bool",
+    "fail-blob": "bool",
     "die-on": "list",
     "bad-reply": "str",
     "manifest-digest": "str",
@@ -323,6 +328,7 @@ class Options:
     raw_blob_extra_bytes: int = 0
     stall_blob: bool = False
     unknown_size: bool = False
+    fail_blob: bool = False
     die_on: set[str] = field(default_factory=set)
     bad_reply: str | None = None
     manifest_digest: str = "instance"
@@ -394,6 +400,7 @@ def parse_options(argv: list[str]) -> Options:
     opts.raw_blob_extra_bytes = values.get("raw-blob-extra-bytes", 0)
     opts.stall_blob = values.get("stall-blob", False)
     opts.unknown_size = values.get("unknown-size", False)
+    opts.fail_blob = values.get("fail-blob", False)
     opts.die_on = set(values.get("die-on", []))
     opts.bad_reply = values.get("bad-reply")
     if opts.bad_reply is not None and opts.bad_reply not in BAD_REPLY_KINDS:
@@ -1072,7 +1079,7 @@ class FakeProxy:
     ) -> int:
         """Copy a blob file (plus ``extra`` zero bytes) to ``wfd``; honour --stall-blob."""
         total = os.stat(path).st_size
-        stall_at = total // 2 if self.opts.stall_blob else None
+        stall_at = total // 2 if self.opts.stall_blob or self.opts.fail_blob else None
         written = 0
         with open(path, "rb") as f:
             while True:
@@ -1084,6 +1091,12 @@ class FakeProxy:
                     on_data(chunk)
                 write_all(wfd, chunk)
                 written += len(chunk)
+        if self.opts.fail_blob:
+            # skopeo keeps the pipe open after a failed source until FinishPipe.
+            raise ProxyError(
+                "read tcp 127.0.0.1:40000->127.0.0.1:5000: read: connection reset by peer",
+                "retryable",
+            )
         if stall_at is not None:
             threading.Event().wait()  # stall forever, keeping every fd open
         if extra > 0:
@@ -1142,6 +1155,8 @@ class FakeProxy:
                 error = ProxyError(EPIPE_MESSAGE, "EPIPE")
             except OSError as exc:
                 error = ProxyError(os_error_message("read", path, exc))
+            except ProxyError as exc:
+                error = exc
             finally:
                 try:
                     if error is not None:

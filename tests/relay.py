@@ -18,11 +18,19 @@ new and existing connections:
 ``stall_after``
     after that many downstream bytes, the connection forwards nothing more in
     either direction, ever, while both sockets stay open (a black hole).
+``pause_after``
+    after that many downstream bytes, the connection forwards nothing downstream
+    while the fault is set; clearing it (``set_faults()``) lets the data flow on
+    (a source that is slow, not dead).
+``max_cuts``
+    ``cut_after`` applies until the relay has cut that many connections; later
+    connections are clean (a network that fails a few times, then recovers).
 
 Byte thresholds count from when the connection opened or, for a connection that
 already existed, from the last :meth:`~Relay.set_faults` call: ``set_faults(
 stall_after=1000)`` stalls every connection 1000 bytes later. A stalled or cut
 connection stays so when the fault is removed; new connections are clean.
+``cut_times`` holds the ``time.monotonic()`` of every cut.
 
 :meth:`Relay.close` (or leaving the ``with`` block) closes every socket and joins
 the thread.
@@ -61,13 +69,15 @@ class Faults:
     bandwidth: float | None = None
     cut_after: int | None = None
     stall_after: int | None = None
+    pause_after: int | None = None
+    max_cuts: int | None = None
 
     def __post_init__(self) -> None:
         if self.latency < 0:
             raise ValueError(f"latency must be >= 0, got {self.latency}")
         if self.bandwidth is not None and self.bandwidth <= 0:
             raise ValueError(f"bandwidth must be > 0, got {self.bandwidth}")
-        for name in ("cut_after", "stall_after"):
+        for name in ("cut_after", "stall_after", "pause_after", "max_cuts"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
@@ -187,11 +197,17 @@ class _Connection:
                     if self.stalled:
                         await asyncio.Event().wait()  # forever (until the relay closes)
                     size = len(view)
+                    if downstream and faults.pause_after is not None:
+                        if sent >= faults.pause_after:
+                            await asyncio.sleep(0.01)  # until the fault is cleared
+                            continue
+                        size = min(size, faults.pause_after - sent)
                     if downstream:
                         if faults.stall_after is not None:
                             size = min(size, faults.stall_after - sent)
-                        if faults.cut_after is not None:
+                        if faults.cut_after is not None and not relay._cuts_exhausted():
                             if sent >= faults.cut_after:
+                                relay._claimed += 1  # no await since the check above
                                 await self.cut()
                                 return
                             size = min(size, faults.cut_after - sent)
@@ -230,6 +246,7 @@ class _Connection:
             await asyncio.sleep(0.002)
         with self.relay.lock:
             self.relay.cuts += 1
+            self.relay.cut_times.append(time.monotonic())
         await self.close(abort=True)
 
     async def close(self, abort: bool) -> None:
@@ -261,6 +278,8 @@ class Relay:
         bandwidth: float | None = None,
         cut_after: int | None = None,
         stall_after: int | None = None,
+        pause_after: int | None = None,
+        max_cuts: int | None = None,
     ) -> None:
         if isinstance(target, str):
             host, _, port = target.rpartition(":")
@@ -270,7 +289,7 @@ class Relay:
         )[0]
         self.target: tuple[Any, ...] = sockaddr
         self._family = family
-        self.faults = Faults(latency, bandwidth, cut_after, stall_after)
+        self.faults = Faults(latency, bandwidth, cut_after, stall_after, pause_after, max_cuts)
         self.lock = threading.Lock()
         #: Bytes forwarded client -> server and server -> client, over all connections.
         self.bytes_up = 0
@@ -278,6 +297,9 @@ class Relay:
         #: Connections accepted so far, and how many were cut.
         self.connections = 0
         self.cuts = 0
+        #: ``time.monotonic()`` of each cut, in order.
+        self.cut_times: list[float] = []
+        self._claimed = 0
         self._active: set[_Connection] = set()
         self._pending: set[asyncio.Task[None]] = set()
         #: Unexpected exceptions in the relay's own tasks; close() raises the first.
@@ -319,12 +341,15 @@ class Relay:
         bandwidth: float | None = None,
         cut_after: int | None = None,
         stall_after: int | None = None,
+        pause_after: int | None = None,
+        max_cuts: int | None = None,
     ) -> None:
         """Replace every fault (``set_faults()`` clears them all), live.
 
-        ``cut_after`` and ``stall_after`` count, on existing connections, from now.
+        ``cut_after``, ``stall_after`` and ``pause_after`` count, on existing
+        connections, from now; ``max_cuts`` counts the cuts made so far too.
         """
-        faults = Faults(latency, bandwidth, cut_after, stall_after)
+        faults = Faults(latency, bandwidth, cut_after, stall_after, pause_after, max_cuts)
         with self.lock:
             for conn in self._active:
                 conn.base = conn.down
@@ -415,6 +440,12 @@ class Relay:
         with self.lock:
             self._active.add(conn)
         conn.start()
+
+    def _cuts_exhausted(self) -> bool:
+        # Only the relay's loop thread calls this and counts _claimed: a cut is
+        # claimed before its connection drains, so two cuts never share one slot.
+        limit = self.faults.max_cuts
+        return limit is not None and self._claimed >= limit
 
     def _forget(self, conn: _Connection) -> None:
         with self.lock:

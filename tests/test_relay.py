@@ -342,3 +342,30 @@ async def test_works_under_an_asyncio_test(serve: Server) -> None:
         writer.close()
         await writer.wait_closed()
     assert data == PAYLOAD
+
+
+def test_max_cuts_cuts_only_the_first_connections(serve: Server) -> None:
+    with Relay(("127.0.0.1", serve.port), cut_after=1000, max_cuts=2) as relay:
+        for _ in range(2):
+            with _connect(relay, request=True) as sock:
+                data, end = _recv_all(sock)
+            assert data == PAYLOAD[:1000]
+            assert end in ("reset", "eof")
+        with _connect(relay, request=True) as sock:
+            assert _recv_all(sock) == (PAYLOAD, "eof")
+        assert relay.cuts == 2
+        assert len(relay.cut_times) == 2
+        assert relay.cut_times[0] <= relay.cut_times[1] <= time.monotonic()
+
+
+def test_pause_holds_data_until_cleared(serve: Server) -> None:
+    with Relay(("127.0.0.1", serve.port), pause_after=5000) as relay:
+        with _connect(relay, timeout=0.5, request=True) as sock:
+            data, end = _recv_all(sock)
+            assert (data, end) == (PAYLOAD[:5000], "timeout")
+            relay.set_faults()  # unlike a stall, a pause ends
+            sock.settimeout(5)
+            rest, end = _recv_all(sock)
+        assert data + rest == PAYLOAD
+        assert end == "eof"
+        assert relay.cuts == 0

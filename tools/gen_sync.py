@@ -23,15 +23,19 @@ REPLACEMENTS = {
     "AsyncBackend": "SyncBackend",
     "AsyncStreamBase": "SyncStreamBase",
     "_AsyncChannel": "_SyncChannel",
+    "_AsyncChannelLock": "_SyncChannelLock",
     "AsyncBlobStream": "BlobStream",
     "AsyncBlob": "Blob",
     "AsyncRawBlob": "RawBlob",
     "AsyncImageProxy": "ImageProxy",
+    "AsyncImageSource": "ImageSource",
+    "AsyncResumingBlob": "ResumingBlob",
     "aclose": "close",
     "AsyncExitStack": "ExitStack",
     "enter_async_context": "enter_context",
     "pull_async": "pull",
     "stream_layers_async": "stream_layers",
+    "unpack_async": "unpack",
 }
 
 # Wording in docstrings and comments, which token replacement does not reach.
@@ -39,6 +43,8 @@ TEXT = [
     ("AsyncImageProxy", "ImageProxy"),
     ("AsyncBlob", "Blob"),
     ("AsyncRawBlob", "RawBlob"),
+    ("AsyncImageSource", "ImageSource"),
+    ("AsyncResumingBlob", "ResumingBlob"),
     ("``async with``", "``with``"),
     ("async with", "with"),
     ("the asyncio client", "the blocking client"),

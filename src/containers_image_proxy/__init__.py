@@ -57,6 +57,7 @@ from .errors import (
 from .events import (
     BlobFinished,
     BlobProgress,
+    BlobRetrying,
     BlobStarted,
     PullEvent,
     PullResult,
@@ -76,6 +77,7 @@ __all__ = [
     "Blob",
     "BlobFinished",
     "BlobProgress",
+    "BlobRetrying",
     "BlobStarted",
     "BlobVerificationError",
     "BusyError",

@@ -14,6 +14,7 @@ import os
 import select
 import socket
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, Union
 
@@ -78,8 +79,32 @@ class SyncBackend:
         return function(*args, threading.Event())
 
     @staticmethod
-    def run_all(tasks: list[Callable[[], object]], limit: int) -> None:
-        """Run ``tasks``, ``limit`` at a time in threads; raise the first failure."""
+    def current_owner() -> object:
+        """Who is running: the current thread."""
+        return threading.get_ident()
+
+    @staticmethod
+    def try_acquire(lock: threading.Lock) -> bool:
+        """Take ``lock`` if it is free, without waiting; whether it was taken."""
+        return lock.acquire(blocking=False)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        """Wait ``seconds``."""
+        time.sleep(seconds)
+
+    @staticmethod
+    def run_all(
+        tasks: list[Callable[[], object]],
+        limit: int,
+        abort: Callable[[], object] | None = None,
+    ) -> None:
+        """Run ``tasks``, ``limit`` at a time in threads; raise the first failure.
+
+        At the first failure (or an interrupt of the waiting thread) the tasks not
+        started are dropped and ``abort`` is called, which must make the running ones
+        end soon (threads cannot be cancelled); they are waited for before raising.
+        """
         if limit <= 1 or len(tasks) <= 1:
             for task in tasks:
                 task()
@@ -87,11 +112,17 @@ class SyncBackend:
         with concurrent.futures.ThreadPoolExecutor(min(limit, len(tasks))) as pool:
             futures = [pool.submit(task) for task in tasks]
             try:
+                done, _ = concurrent.futures.wait(
+                    futures, return_when=concurrent.futures.FIRST_EXCEPTION
+                )
                 for future in futures:
-                    future.result()
+                    if future in done:
+                        future.result()
             except BaseException:
                 for future in futures:
                     future.cancel()
+                if abort is not None:
+                    abort()
                 raise
 
 
@@ -166,8 +197,34 @@ class AsyncBackend:
         return await run_in_thread_until_done(lambda: function(*args, stop), stop)
 
     @staticmethod
-    async def run_all(tasks: list[Callable[[], Awaitable[object]]], limit: int) -> None:
-        """Run ``tasks``, ``limit`` at a time; on the first failure cancel the rest."""
+    def current_owner() -> object:
+        """Who is running: the current task (None outside of one)."""
+        return asyncio.current_task()
+
+    @staticmethod
+    async def try_acquire(lock: asyncio.Lock) -> bool:
+        """Take ``lock`` if it is free, without waiting; whether it was taken."""
+        if lock.locked():
+            return False
+        await lock.acquire()  # free and (but for a racing waiter) taken at once
+        return True
+
+    @staticmethod
+    async def sleep(seconds: float) -> None:
+        """Wait ``seconds``."""
+        await asyncio.sleep(seconds)
+
+    @staticmethod
+    async def run_all(
+        tasks: list[Callable[[], Awaitable[object]]],
+        limit: int,
+        abort: Callable[[], object] | None = None,
+    ) -> None:
+        """Run ``tasks``, ``limit`` at a time; on the first failure cancel the rest.
+
+        ``abort`` is for the blocking twin, whose threads cannot be cancelled: here
+        cancelling the tasks is enough and it is not called.
+        """
         semaphore = asyncio.Semaphore(limit)
 
         async def run(task: Callable[[], Awaitable[object]]) -> None:

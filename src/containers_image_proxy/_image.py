@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import logging
+from types import TracebackType
 from typing import Any
+
+_log = logging.getLogger("containers_image_proxy")
 
 
 class OpenedImage:
@@ -36,8 +40,29 @@ class OpenedImage:
     def __enter__(self) -> OpenedImage:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        result = self._proxy.close_image(self)
+    def _interrupted(self, exc_type: type[BaseException] | None) -> bool:
+        # On an interrupt the proxy is about to be stopped: asking it to close the
+        # image could wait on a request still in progress.
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self._closed = True
+            return True
+        return False
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._interrupted(exc_type):
+            return
+        try:
+            result = self._proxy.close_image(self)
+        except Exception as error:
+            if exc_type is None:
+                raise
+            _log.debug("closing %r after an error: %s", self, error)
+            return
         if inspect.isawaitable(result):
             result.close()  # type: ignore[attr-defined]
             raise TypeError("an image of an AsyncImageProxy is closed with 'async with'")
@@ -45,8 +70,20 @@ class OpenedImage:
     async def __aenter__(self) -> OpenedImage:
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._interrupted(exc_type):
+            return
         result = self._proxy.close_image(self)
         if not inspect.isawaitable(result):
             raise TypeError("an image of an ImageProxy is closed with 'with'")
-        await result
+        try:
+            await result
+        except Exception as error:
+            if exc_type is None:
+                raise
+            _log.debug("closing %r after an error: %s", self, error)

@@ -3,6 +3,9 @@
 The child is started from a dedicated thread that then waits for it: Linux sends
 the parent-death signal when the spawning *thread* ends, so that thread must live
 exactly as long as the child. Waiting in a thread also avoids a SIGCHLD handler.
+The child gets a process group of its own: a terminal's Ctrl-C (SIGINT to the
+foreground group) then reaches only the Python program, which stops skopeo itself
+after cleaning up, instead of skopeo dying first and looking like a crash.
 A second thread drains the child's stderr into a bounded tail (and the debug log),
 so a chatty child never blocks on a full pipe.
 """
@@ -151,6 +154,7 @@ class ChildProcess:
                     stderr=subprocess.PIPE,
                     pass_fds=tuple(self._private_fds.values()),
                     preexec_fn=preexec,
+                    process_group=0,
                 )
             except BaseException as exc:
                 outcome.append(exc)

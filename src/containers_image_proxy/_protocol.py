@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import enum
 import hashlib
 import json
 import os
@@ -33,6 +34,7 @@ from .errors import (
     ProxyExitedError,
     ProxyTooOldError,
     RequestError,
+    StallTimeoutError,
     UnsupportedOptionError,
     VerificationError,
 )
@@ -280,6 +282,107 @@ def is_broken_pipe(error: RequestError) -> bool:
     return error.code == "EPIPE" or (
         error.code is None and bool(_BROKEN_PIPE.search(error.message))
     )
+
+
+# What containers/image says when the network or the server failed for now (skopeo
+# 1.9.3 gives no error code): a reset or cut connection, a timeout, an HTTP 5xx or 429.
+_TRANSIENT = re.compile(
+    r"connection reset|unexpected EOF|: EOF\b|^EOF$|connection refused|i/o timeout"
+    r"|TLS handshake timeout|timeout awaiting response headers|server closed idle connection"
+    r"|(?:status|HTTP)[^0-9\n]{0,30}\b(?:5[0-9]{2}|429)\b"
+    r"|\b(?:5[0-9]{2}|429)\b\W{0,3}(?:Internal Server Error|Bad Gateway|Service Unavailable"
+    r"|Gateway Time-?out|Too Many Requests)",
+    re.IGNORECASE,
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether trying the same transfer again may succeed.
+
+    True for what the proxy marks ``retryable`` (protocol 0.2.8), for a stall, and
+    for a failure whose message names a cut connection, a timeout or an HTTP 5xx or
+    429. Never for a verification failure (the data was wrong, not missing), for an
+    early close the client made itself, or for a proxy that died.
+    """
+    if isinstance(error, VerificationError):
+        return False
+    if isinstance(error, RequestError):
+        if error.code == "retryable":
+            return True
+        if is_broken_pipe(error) or isinstance(error, ImageNotFoundError):
+            return False
+        return bool(_TRANSIENT.search(error.message))
+    return isinstance(error, StallTimeoutError)
+
+
+class Silence(enum.Enum):
+    """What to do when a blob's pipe stayed silent for as long as :class:`PipeWatch` said."""
+
+    #: Send FinishPipe now to learn whether the source died (docs/protocol.md rule 9).
+    PROBE = "probe"
+    #: Give up: the stall timeout passed.
+    STALL = "stall"
+    #: Nothing yet: wait again.
+    WAIT = "wait"
+
+
+#: Seconds between tries to send a probe while another request holds the proxy.
+PROBE_RETRY = 0.5
+
+
+class PipeWatch:
+    """When a silent blob pipe is probed with FinishPipe, and when it has stalled.
+
+    A source that fails mid-blob leaves the pipe open and silent until FinishPipe
+    (rules 1 and 9), so after ``probe_interval`` seconds without data FinishPipe is
+    sent while the pipe is still read: an error reply means the source died and ends
+    the blob at once; no reply means it is only slow, and the reply comes when the
+    data is complete. ``stall`` seconds without data end the blob in any case. No
+    probe is sent when ``probe_interval`` is None or not shorter than ``stall``, nor
+    once FinishPipe is out (``probing``).
+    """
+
+    __slots__ = ("_next_probe", "probing", "stall", "transfer")
+
+    def __init__(
+        self,
+        transfer: Transfer,
+        probe_interval: float | None,
+        stall: float | None,
+        *,
+        probing: bool = False,
+    ) -> None:
+        self.transfer = transfer
+        self.stall = stall
+        self.probing = probing
+        if probe_interval is not None and stall is not None and probe_interval >= stall:
+            probe_interval = None
+        self._next_probe = probe_interval
+
+    def timeout(self) -> float | None:
+        """Seconds to wait for data before :meth:`silence` has something to decide."""
+        idle = self.transfer.idle()
+        limits = [] if self.stall is None else [self.stall - idle]
+        if not self.probing and self._next_probe is not None:
+            limits.append(self._next_probe - idle)
+        return max(0.0, min(limits)) if limits else None
+
+    def silence(self) -> Silence:
+        """What the silence so far calls for."""
+        idle = self.transfer.idle()
+        if self.stall is not None and idle >= self.stall:
+            return Silence.STALL
+        if not self.probing and self._next_probe is not None and idle >= self._next_probe:
+            return Silence.PROBE
+        return Silence.WAIT
+
+    def probe_sent(self) -> None:
+        """FinishPipe is out: only the stall timeout is left."""
+        self.probing = True
+
+    def probe_deferred(self) -> None:
+        """The proxy is busy with another request: try the probe again a little later."""
+        self._next_probe = self.transfer.idle() + PROBE_RETRY
 
 
 def _load_json(data: bytes, what: str) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import os
 import threading
@@ -13,16 +12,18 @@ from typing import TypeVar
 
 from ._async.proxy import AsyncBlob, AsyncImageProxy
 from ._async.pull import layer_info as layer_info_async
+from ._async.retry import AsyncImageSource, AsyncResumingBlob
 from ._backends import run_in_thread_until_done
-from ._image import OpenedImage
 from ._layers import fetch_plan, unavailable, with_compression
 from ._sync.proxy import Blob, ImageProxy
 from ._sync.pull import layer_info
+from ._sync.retry import ImageSource, ResumingBlob, RetryCallback, retry_policy
 from ._unpack_stream import LayerStream
 from ._unpack_tree import RootfsWriter, _Stopped, discard_tree
 from ._unpack_types import LayerResult, UnpackLimits, UnpackResult
 from .config import ImageProxyConfig
 from .errors import ImageNotFoundError, InvalidDocumentError
+from .events import BlobRetrying
 from .oci import ConvertedLayerInfo, Descriptor, Digest, ImageConfiguration, ImageManifest
 
 __all__ = ["unpack", "unpack_async"]
@@ -67,13 +68,6 @@ def _layers(
     return list(zip(manifest.layers, plan, diff_ids, strict=True))
 
 
-def _get_layer(proxy: ImageProxy, image: OpenedImage, layer: Descriptor, has_info: bool) -> Blob:
-    try:
-        return proxy.get_descriptor(image, layer)
-    except ImageNotFoundError as exc:
-        raise unavailable(image.reference, layer, exc, proxy.protocol_version, has_info) from exc
-
-
 def _remaining(writer: RootfsWriter) -> int | None:
     limit = writer.limits.max_total_bytes
     return None if limit is None else max(0, limit - writer.bytes)
@@ -88,23 +82,37 @@ def _unpack(
     rootless: bool | None,
     progress: LayerCallback | None,
     stop: threading.Event | None,
+    on_retry: RetryCallback | None = None,
 ) -> UnpackResult:
     created = _prepare(dest)
+    retries: list[BlobRetrying] = []
     try:
-        with contextlib.ExitStack() as stack:
-            if proxy is None:
-                proxy = stack.enter_context(ImageProxy(config))
-            image = stack.enter_context(proxy.open_image(reference))
-            digest, manifest = proxy.fetch_manifest(image)
-            image_config = proxy.fetch_config(image)
-            infos = layer_info(proxy, image, manifest)
+        with ImageSource(reference, config, proxy) as source:
+            policy = retry_policy(source.config)
+            digest, manifest = source.proxy.fetch_manifest(source.image)
+            image_config = source.proxy.fetch_config(source.image)
+            infos = layer_info(source.proxy, source.image, manifest)
             layers = _layers(manifest, image_config, infos)
             results: list[LayerResult] = []
             with RootfsWriter(dest, limits=limits, rootless=rootless) as writer:
                 writer._stop = stop
                 for listed, fetched, diff_id in layers:
-                    with _get_layer(proxy, image, fetched, infos is not None) as blob:
+                    # A failed transfer resumes where it stopped; the diff_id check
+                    # covers the bytes read before the failure, so they need no hash.
+                    blob = ResumingBlob(source, fetched, policy, on_retry, check_prefix=False)
+                    try:
+                        blob.open()
+                    except ImageNotFoundError as exc:
+                        raise unavailable(
+                            reference,
+                            fetched,
+                            exc,
+                            source.proxy.protocol_version,
+                            infos is not None,
+                        ) from exc
+                    with blob:
                         result = _apply(writer, blob, listed, fetched, diff_id)
+                    retries += blob.retries
                     results.append(result)
                     if progress is not None:
                         progress(result)
@@ -119,6 +127,7 @@ def _unpack(
         layers=tuple(results),
         rootless=writer.rootless,
         warnings=tuple(writer.warnings),
+        retries=tuple(retries),
     )
 
 
@@ -131,6 +140,7 @@ def unpack(
     limits: UnpackLimits | None = None,
     rootless: bool | None = None,
     progress: LayerCallback | None = None,
+    on_retry: RetryCallback | None = None,
 ) -> UnpackResult:
     """Unpack the image ``reference`` into the root filesystem directory ``dest``.
 
@@ -147,7 +157,10 @@ def unpack(
     (protocol 0.2.5+), layers are fetched by the digests it names: the only way to
     read a ``containers-storage:`` image stored from compressed layers.
 
-    On any failure ``dest`` is emptied (and removed if this call created it).
+    A layer transfer that fails for a reason that may pass (a cut connection, an
+    HTTP 5xx) resumes where it stopped, as often as the configuration's
+    ``retry_times`` allows; each retry goes to ``on_retry`` and into the result.
+    On any other failure ``dest`` is emptied (and removed if this call created it).
 
     Raises:
         FileExistsError: ``dest`` is not empty.
@@ -160,7 +173,7 @@ def unpack(
         VerificationError: a blob or a decompressed layer does not match its digest.
         ImageProxyError: anything the proxy reports (a missing image...).
     """
-    return _unpack(reference, Path(dest), config, proxy, limits, rootless, progress, stop=None)
+    return _unpack(reference, Path(dest), config, proxy, limits, rootless, progress, None, on_retry)
 
 
 class _Bridge:
@@ -202,22 +215,26 @@ async def _unpack_with(
     rootless: bool | None,
     progress: LayerCallback | None,
     stop: threading.Event,
+    on_retry: RetryCallback | None,
 ) -> UnpackResult:
     loop = asyncio.get_running_loop()
     created = await asyncio.to_thread(_prepare, dest)
     writer: RootfsWriter | None = None
+    retries: list[BlobRetrying] = []
     try:
-        async with await proxy.open_image(reference) as image:
-            digest, manifest = await proxy.fetch_manifest(image)
-            image_config = await proxy.fetch_config(image)
-            infos = await layer_info_async(proxy, image, manifest)
+        async with AsyncImageSource(reference, proxy=proxy) as source:
+            policy = retry_policy(proxy.config)
+            digest, manifest = await proxy.fetch_manifest(source.image)
+            image_config = await proxy.fetch_config(source.image)
+            infos = await layer_info_async(proxy, source.image, manifest)
             layers = _layers(manifest, image_config, infos)
             writer = RootfsWriter(dest, limits=limits, rootless=rootless)
             writer._stop = stop
             results: list[LayerResult] = []
             for listed, fetched, diff_id in layers:
+                blob = AsyncResumingBlob(source, fetched, policy, on_retry, check_prefix=False)
                 try:
-                    blob = await proxy.get_descriptor(image, fetched)
+                    await blob.open()
                 except ImageNotFoundError as exc:
                     raise unavailable(
                         reference, fetched, exc, proxy.protocol_version, infos is not None
@@ -227,6 +244,7 @@ async def _unpack_with(
                         _apply, writer, _Bridge(blob, loop), listed, fetched, diff_id
                     )
                     result = await run_in_thread_until_done(work, stop)
+                retries += blob.retries
                 results.append(result)
                 if progress is not None:
                     progress(result)
@@ -244,6 +262,7 @@ async def _unpack_with(
         layers=tuple(results),
         rootless=writer.rootless,
         warnings=tuple(writer.warnings),
+        retries=tuple(retries),
     )
 
 
@@ -256,6 +275,7 @@ async def unpack_async(
     limits: UnpackLimits | None = None,
     rootless: bool | None = None,
     progress: LayerCallback | None = None,
+    on_retry: RetryCallback | None = None,
 ) -> UnpackResult:
     """The asyncio twin of :func:`unpack`, with the same arguments and rules.
 
@@ -272,9 +292,11 @@ async def unpack_async(
     try:
         if proxy is None:
             work = functools.partial(
-                _unpack, reference, path, config, None, limits, rootless, progress, stop
+                _unpack, reference, path, config, None, limits, rootless, progress, stop, on_retry
             )
             return await run_in_thread_until_done(work, stop)
-        return await _unpack_with(reference, path, proxy, limits, rootless, progress, stop)
+        return await _unpack_with(
+            reference, path, proxy, limits, rootless, progress, stop, on_retry
+        )
     except _Stopped:
         raise asyncio.CancelledError from None

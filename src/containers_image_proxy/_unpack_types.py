@@ -14,6 +14,7 @@ from .errors import (
     UnpackError,
     UnsafeLayerError,
 )
+from .events import BlobRetrying
 from .oci import Descriptor, Digest, ImageConfiguration
 
 __all__ = [
@@ -92,6 +93,8 @@ class UnpackResult:
     """Whether ownership and device nodes were left out (not running as root)."""
     warnings: tuple[str, ...]
     """What was skipped: device nodes when rootless, xattrs the filesystem refused..."""
+    retries: tuple[BlobRetrying, ...] = ()
+    """Layer transfers that failed for a reason that may pass and were resumed."""
 
     @property
     def entries(self) -> int:

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import signal
 import stat
 import sys
 import tempfile
@@ -73,6 +74,7 @@ from .errors import (
 from .events import (
     BlobFinished,
     BlobProgress,
+    BlobRetrying,
     BlobStarted,
     PullEvent,
     PullResult,
@@ -100,12 +102,14 @@ __all__ = [
     "EXIT_OUTPUT",
     "EXIT_POLICY",
     "EXIT_SPAWN",
+    "EXIT_TERMINATED",
     "EXIT_USAGE",
     "EXIT_VERIFICATION",
     "PASSWORD_ENV",
     "CliError",
     "PlatformSpec",
     "ProgressDisplay",
+    "Terminated",
     "build_parser",
     "error_message",
     "exit_code_for",
@@ -113,6 +117,7 @@ __all__ = [
     "make_config",
     "parse_args",
     "parse_bool",
+    "parse_duration",
     "parse_platform",
     "pull_result_json",
 ]
@@ -137,8 +142,10 @@ EXIT_OUTPUT: Final = 6
 EXIT_SPAWN: Final = 7
 #: The signature policy refused the image, or this skopeo cannot enforce the policy.
 EXIT_POLICY: Final = 8
-#: Interrupted (Ctrl-C).
+#: Interrupted (Ctrl-C, SIGINT).
 EXIT_INTERRUPTED: Final = 130
+#: Terminated (SIGTERM).
+EXIT_TERMINATED: Final = 143
 
 #: Environment variable that may hold the password for ``--username``.
 PASSWORD_ENV: Final = "CONTAINERS_IMAGE_PROXY_PASSWORD"
@@ -163,7 +170,13 @@ exit status:
   {EXIT_OUTPUT}  the destination cannot be written
   {EXIT_SPAWN}  skopeo is missing, failed to start, or lacks an option asked for
   {EXIT_POLICY}  the signature policy refused the image, or this skopeo cannot enforce it
-  {EXIT_INTERRUPTED}  interrupted
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C); {EXIT_TERMINATED} terminated (SIGTERM)
+
+failures of the network:
+  A blob whose source sends nothing for --probe-interval seconds is checked with the
+  proxy, so a dead connection is reported in seconds; a source that stays silent
+  fails after --stall-timeout seconds. pull and unpack try a blob that failed for a
+  reason that may pass (a cut connection, an HTTP 5xx) again, --retry-times times.
 """
 
 _log = logging.getLogger("containers_image_proxy")
@@ -219,6 +232,28 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ms|s|m|h)?")
+_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``2``, ``2.5``, ``500ms``, ``2s``, ``5m`` or ``1h`` (Go's units)."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 2s or 500ms, got {text!r}")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
     return value
 
 
@@ -324,6 +359,37 @@ def _add_global_options(parser: argparse.ArgumentParser, *, after_command: bool)
     )
     group.add_argument(
         "--skopeo", metavar="PATH", default=default, help="the skopeo binary (default: skopeo)"
+    )
+    network = parser.add_argument_group("network failures")
+    network.add_argument(
+        "--stall-timeout",
+        metavar="DURATION",
+        type=parse_duration,
+        default=default,
+        help="give up on a source that sends nothing for this long (default: 300s; 0: never)",
+    )
+    network.add_argument(
+        "--probe-interval",
+        metavar="DURATION",
+        type=parse_duration,
+        default=default,
+        help="after this long without data, ask skopeo whether the source failed"
+        " (default: 3s; 0: never)",
+    )
+    network.add_argument(
+        "--retry-times",
+        metavar="N",
+        type=_count,
+        default=default,
+        help="times pull and unpack retry a blob that failed for a reason that may pass"
+        " (default: 3)",
+    )
+    network.add_argument(
+        "--retry-delay",
+        metavar="DURATION",
+        type=parse_duration,
+        default=default,
+        help="wait between retries (default: 1s, doubling up to 30s)",
     )
     group.add_argument(
         "--debug",
@@ -543,7 +609,17 @@ def _resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 def make_config(args: argparse.Namespace, password: str | None) -> ImageProxyConfig:
     """The proxy configuration the parsed command line ``args`` asks for."""
     tls_verify: bool | None = args.tls_verify
+    network: dict[str, Any] = {}
+    for name in ("stall_timeout", "probe_interval"):
+        value = getattr(args, name, None)
+        if value is not None:
+            network[name] = value or None  # 0 turns it off
+    if getattr(args, "retry_times", None) is not None:
+        network["retry_times"] = args.retry_times
+    if getattr(args, "retry_delay", None) is not None:
+        network["retry_delay"] = args.retry_delay
     return ImageProxyConfig(
+        **network,
         authfile=args.authfile,
         auth_anonymous=args.no_creds,
         username=args.username,
@@ -676,12 +752,53 @@ def _short(digest: Digest) -> str:
     return digest.encoded[:12]
 
 
+def retry_line(event: BlobRetrying) -> str:
+    """The line that reports a retry."""
+    return (
+        f"retrying {_short(event.descriptor.digest)} ({event.attempt}/{event.limit})"
+        f" in {event.delay:g}s after: {error_message(event.error)}"
+    )
+
+
+def _pull_events(
+    args: argparse.Namespace, display: Callable[[PullEvent], None] | None
+) -> Callable[[PullEvent], None] | None:
+    """The pull's progress callback: the display, or (without one) lines for retries."""
+    if display is not None or args.display == "quiet":
+        return display
+
+    def report(event: PullEvent) -> None:
+        if isinstance(event, BlobRetrying):
+            print(f"{PROG}: {retry_line(event)}", file=sys.stderr, flush=True)
+
+    return report
+
+
+def _retries_json(retries: Sequence[BlobRetrying]) -> list[dict[str, Any]]:
+    return [
+        {
+            "digest": str(event.descriptor.digest),
+            "attempt": event.attempt,
+            "delay": event.delay,
+            "error": error_message(event.error),
+        }
+        for event in retries
+    ]
+
+
+def _retried(retries: Sequence[BlobRetrying]) -> str:
+    if not retries:
+        return ""
+    return f", {len(retries)} {'retry' if len(retries) == 1 else 'retries'}"
+
+
 class ProgressDisplay:
     """Draws pull events with rich: one bar per blob being fetched, and a total.
 
     Callable with :data:`~containers_image_proxy.PullEvent` values, from any thread.
     The total counts only the bytes that are fetched (skipped blobs are taken off).
-    A finished blob's bar is hidden, unless it is the only one.
+    A finished blob's bar is hidden, unless it is the only one. A retry prints a
+    line and starts the blob's bar (and its share of the total) again.
     """
 
     def __init__(self, progress: Progress) -> None:
@@ -718,6 +835,18 @@ class ProgressDisplay:
                 self._received[digest] = 0
         elif isinstance(event, BlobProgress):
             self._advance(event.descriptor.digest, event.advance)
+        elif isinstance(event, BlobRetrying):
+            digest = event.descriptor.digest
+            lost = self._received.get(digest, 0)
+            task = self._tasks.get(digest)
+            if task is not None:
+                self._received[digest] = 0
+                progress.reset(
+                    task, description=f"{_short(digest)} retry {event.attempt}/{event.limit}"
+                )
+            if self._total is not None and lost:
+                progress.advance(self._total, -lost)
+            progress.console.print(retry_line(event), highlight=False, markup=False)
         elif isinstance(event, BlobFinished):
             descriptor = event.descriptor
             if event.skipped:
@@ -941,6 +1070,7 @@ def pull_result_json(result: PullResult) -> dict[str, Any]:
         "bytes_fetched": result.bytes_fetched,
         "tag_origin": result.tag_origin,
         "rewritten": result.rewritten,
+        "retries": _retries_json(result.retries),
         "manifest": json.loads(encode(result.manifest)),
     }
 
@@ -975,7 +1105,7 @@ def cmd_pull(args: argparse.Namespace, config: ImageProxyConfig) -> int:
             tag=args.tag,
             config=config,
             jobs=args.jobs,
-            progress=progress,
+            progress=_pull_events(args, progress),
         )
     where = f"oci:{result.dest}" + (f":{result.tag}" if result.tag else "")
     blobs = "blob" if len(result.fetched) == 1 else "blobs"
@@ -983,7 +1113,8 @@ def cmd_pull(args: argparse.Namespace, config: ImageProxyConfig) -> int:
         args,
         f"Pulled {result.manifest_digest} into {where}: fetched {len(result.fetched)} {blobs}"
         f" ({human_size(result.bytes_fetched)}), skipped {len(result.skipped)}"
-        + "".join(f"\n  {note}" for note in pull_notes(result)),
+        + "".join(f"\n  {note}" for note in pull_notes(result))
+        + _retried(result.retries),
     )
     if args.json:
         _print_json(pull_result_json(result))
@@ -1004,12 +1135,16 @@ def cmd_unpack(args: argparse.Namespace, config: ImageProxyConfig) -> int:
             f" {human_size(layer.bytes)}",
         )
 
-    result = unpack(args.reference, args.dest, config=config, progress=report)
+    def retrying(event: BlobRetrying) -> None:
+        _summary(args, f"{PROG}: {retry_line(event)}")
+
+    result = unpack(args.reference, args.dest, config=config, progress=report, on_retry=retrying)
     _summary(
         args,
         f"Unpacked {result.manifest_digest} into {result.dest}: {len(result.layers)} layers,"
         f" {result.entries} entries, {human_size(result.bytes)}"
-        + (f", {len(result.warnings)} warnings" if result.warnings else ""),
+        + (f", {len(result.warnings)} warnings" if result.warnings else "")
+        + _retried(result.retries),
     )
     if args.json:
         _print_json(
@@ -1021,6 +1156,7 @@ def cmd_unpack(args: argparse.Namespace, config: ImageProxyConfig) -> int:
                 "entries": result.entries,
                 "bytes": result.bytes,
                 "warnings": list(result.warnings),
+                "retries": _retries_json(result.retries),
                 "layers": [
                     {
                         "digest": str(layer.descriptor.digest) if layer.descriptor else None,
@@ -1056,6 +1192,8 @@ def exit_code_for(exc: BaseException) -> int:
     """The exit status the command ends with after ``exc``."""
     if isinstance(exc, CliError):
         return exc.code
+    if isinstance(exc, Terminated):
+        return 128 + exc.signum
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED
     if isinstance(exc, PolicyRejectedError | PolicyNotEnforcedError):
@@ -1153,8 +1291,41 @@ def _report(exc: BaseException, debug: bool) -> int:
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
     code = exit_code_for(exc)
-    print(f"{PROG}: error: {error_message(exc)}", file=sys.stderr, flush=True)
+    if isinstance(exc, KeyboardInterrupt):
+        print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
+    else:
+        print(f"{PROG}: error: {error_message(exc)}", file=sys.stderr, flush=True)
     return code
+
+
+class Terminated(KeyboardInterrupt):
+    """A termination signal (SIGTERM, SIGHUP) that arrived during a command.
+
+    It unwinds the command as Ctrl-C does (temporary files removed, skopeo
+    stopped), and the command then exits with status 128 + ``signum``.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _termination_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into :class:`Terminated` while a command runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1164,7 +1335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     debug: bool = args.debug
-    with _logging(debug):
+    with _logging(debug), _termination_signals():
         try:
             password = _password(args, sys.stdin, os.environ)
             status = _COMMANDS[args.command](args, make_config(args, password))

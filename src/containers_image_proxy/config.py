@@ -36,6 +36,8 @@ StrPath = str | os.PathLike[str]
 
 # poll(2) takes milliseconds in a C int.
 _MAX_TIMEOUT = 2_000_000.0
+_MAX_RETRIES = 100
+_MAX_RETRY_DELAY = 3600.0
 
 
 @dataclasses.dataclass
@@ -99,6 +101,17 @@ class ImageProxyConfig:
     tls_details: StrPath | None = None
     #: Seconds a pipe may deliver no data before :class:`StallTimeoutError`; None waits forever.
     stall_timeout: float | None = 300.0
+    #: Seconds a blob may deliver no data before the proxy is asked (FinishPipe) whether
+    #: its source failed, so that a dead source is reported in seconds rather than after
+    #: ``stall_timeout``; None never asks. Once asked, the proxy serves nothing else
+    #: until that blob's data ends: a source that stays silent ties it up until
+    #: ``stall_timeout``, after which that proxy is no longer usable.
+    probe_interval: float | None = 3.0
+    #: Times ``pull``, ``unpack`` and ``stream_layers`` retry a blob whose transfer
+    #: failed for a reason that may pass (a cut connection, an HTTP 5xx, a stall).
+    retry_times: int = 3
+    #: Seconds between those retries; None: 1 s, then doubling up to 30 s.
+    retry_delay: float | None = None
 
     def __post_init__(self) -> None:
         validate(self)
@@ -283,7 +296,30 @@ def validate(config: ImageProxyConfig) -> None:
     may have been changed in between). Raises :class:`ConfigurationError`.
     """
     _check_types(config)
+    _check_retry_options(config)
     _check_conflicts(config)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _check_retry_options(config: ImageProxyConfig) -> None:
+    probe = config.probe_interval
+    if probe is not None and (not _is_number(probe) or not 0 < probe <= _MAX_TIMEOUT):
+        raise ConfigurationError(
+            f"probe_interval must be between 0 and {_MAX_TIMEOUT} seconds (or None), got {probe}"
+        )
+    times = config.retry_times
+    if isinstance(times, bool) or not isinstance(times, int) or not 0 <= times <= _MAX_RETRIES:
+        raise ConfigurationError(
+            f"retry_times must be a whole number from 0 to {_MAX_RETRIES}, got {times!r}"
+        )
+    delay = config.retry_delay
+    if delay is not None and (not _is_number(delay) or not 0 <= delay <= _MAX_RETRY_DELAY):
+        raise ConfigurationError(
+            f"retry_delay must be between 0 and {_MAX_RETRY_DELAY} seconds (or None), got {delay}"
+        )
 
 
 def build_command(

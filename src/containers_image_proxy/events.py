@@ -4,6 +4,8 @@ A ``progress`` callable given to :func:`containers_image_proxy.pull` receives th
 events in order for each blob (from several threads or tasks at once when blobs
 are fetched in parallel): :class:`PullStarted` once, then per blob
 :class:`BlobStarted`, any number of :class:`BlobProgress`, and :class:`BlobFinished`.
+A blob whose transfer failed for a reason that may pass gets :class:`BlobRetrying`
+before each new attempt, whose :class:`BlobProgress` counts from zero again.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
+from .errors import ImageProxyError
 from .oci import Descriptor, Digest, ImageManifest
 
 
@@ -52,7 +55,24 @@ class BlobFinished:
     skipped: bool
 
 
-PullEvent = PullStarted | BlobStarted | BlobProgress | BlobFinished
+@dataclasses.dataclass(frozen=True, slots=True)
+class BlobRetrying:
+    """A blob's transfer failed with ``error``, which may pass: it starts again.
+
+    ``attempt`` numbers the retries of this blob (1 for the first) up to ``limit``;
+    the new attempt starts ``delay`` seconds later. What the failed attempt wrote is
+    discarded (a stream already handed out is read again up to where it stopped,
+    and checked to be the same).
+    """
+
+    descriptor: Descriptor
+    attempt: int
+    limit: int
+    delay: float
+    error: ImageProxyError
+
+
+PullEvent = PullStarted | BlobStarted | BlobProgress | BlobRetrying | BlobFinished
 
 
 def blob_progress(
@@ -81,7 +101,8 @@ class PullResult:
     source cannot serve), and then carries ``source_digest`` as an annotation.
     ``tag`` is the image's tag in the layout and ``tag_origin`` where it came from
     (``"given"``, ``"reference"``, ``"image"`` for the archive's own, ``"default"``).
-    ``fetched`` and ``skipped`` list blob digests.
+    ``fetched`` and ``skipped`` list blob digests; ``retries`` the failed transfers
+    that were tried again.
     """
 
     reference: str
@@ -95,3 +116,4 @@ class PullResult:
     bytes_fetched: int
     tag_origin: str = "given"
     rewritten: bool = False
+    retries: tuple[BlobRetrying, ...] = ()

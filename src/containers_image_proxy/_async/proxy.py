@@ -12,6 +12,7 @@ import errno
 import fcntl
 import logging
 import os
+import select
 import socket
 import termios
 import threading
@@ -66,16 +67,7 @@ _STOP_CHECK = 0.25
 _IDLE_STALLED = 1.0
 _EXIT_WAIT = 5.0
 _SHUTDOWN_WAIT = 5.0
-
-
-async def _read_into(fd: int, view: memoryview, timeout: float | None, what: str) -> int:
-    while True:
-        try:
-            return os.readv(fd, [view])
-        except BlockingIOError:
-            pass
-        if not await Backend.wait_readable(fd, timeout):
-            raise StallTimeoutError(f"{what}: no data arrived for {timeout} seconds")
+_KILL_GRACE = 2.0
 
 
 async def _read_chunk(fd: int, size: int, timeout: float | None, what: str) -> bytes:
@@ -112,19 +104,87 @@ def _looks_stalled(fd: int, transfer: proto.Transfer) -> bool:
     return pending == b"\0\0\0\0" and transfer.idle() > _IDLE_STALLED
 
 
+def _readable_now(fd: int) -> bool:
+    """Whether ``fd`` has something to read (or its end) right now; never waits."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _wait_step(timeout: float | None) -> float:
+    """One wait of the splice thread: short, so that it sees a stop request soon."""
+    return _STOP_CHECK if timeout is None else min(_STOP_CHECK, timeout)
+
+
 def _write_all(fd: int, data: memoryview) -> None:
     while data:
         data = data[os.write(fd, data) :]
 
 
+class _AsyncChannelLock:
+    """The channel's lock, knowing which thread or task holds it.
+
+    A blob whose FinishPipe is out holds it until its data ends (docs/protocol.md rule
+    2). Should the same thread or task then wait for the lock (another request,
+    another blob's end), it would wait forever: it raises :class:`BusyError`.
+    """
+
+    def __init__(self) -> None:
+        self._lock = Backend.Lock()
+        self._owner: object = None
+        self._holder = ""
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def _check(self, owner: object) -> None:
+        if owner is not None and owner == self._owner and self._holder:
+            raise BusyError(
+                f"the proxy waits for the rest of {self._holder} (its FinishPipe is out):"
+                " read that blob to its end or close it before anything else in this"
+                " thread or task"
+            )
+
+    async def acquire(self, holder: str = "") -> None:
+        owner = Backend.current_owner()
+        self._check(owner)
+        await self._lock.acquire()
+        self._owner, self._holder = owner, holder
+
+    async def try_acquire(self, holder: str = "") -> bool:
+        owner = Backend.current_owner()
+        if not await Backend.try_acquire(self._lock):
+            return False
+        self._owner, self._holder = owner, holder
+        return True
+
+    def release(self) -> None:
+        self._owner, self._holder = None, ""
+        self._lock.release()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
+
+
 class _AsyncChannel:
     """The socket to the proxy: one request and its reply at a time, in order."""
 
-    def __init__(self, sock: socket.socket, child: ChildProcess, stall: float | None) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        child: ChildProcess,
+        stall: float | None,
+        probe: float | None = None,
+    ) -> None:
         self.sock = sock
         self.child = child
         self.stall = stall
-        self.lock = Backend.Lock()
+        #: Seconds of silence on a blob pipe before FinishPipe is sent as a probe.
+        self.probe = probe
+        self.lock = _AsyncChannelLock()
         self.failure: ImageProxyError | None = None
         #: Requests sent whose replies have not been received yet. Above zero when
         #: a caller gave up waiting (a cancelled task, an interrupt): the replies
@@ -430,6 +490,11 @@ class AsyncBlob(AsyncBlobStream):
 
     Read it to the end (the read that reaches the end raises any transfer or
     verification error) or close it early. Several blobs may stream at once.
+    When the source goes silent for the configured ``probe_interval``, the blob
+    asks the proxy (FinishPipe) whether the source failed: a failure is raised
+    at once, with the proxy's error, instead of after the stall timeout. Until the
+    data of a blob so asked ends, the proxy serves nothing else; the thread or task
+    reading it gets :class:`BusyError` if it makes another request meanwhile.
     """
 
     def __init__(
@@ -446,26 +511,23 @@ class AsyncBlob(AsyncBlobStream):
         self._transfer = transfer
         self._known = known_size
         self._finished = False
+        #: This blob holds the channel's lock: its FinishPipe is out, unanswered.
         self._holding = False
+        #: FinishPipe's reply came (success, or the error already raised).
+        self._answered = False
+        self._watch = proto.PipeWatch(transfer, channel.probe, channel.stall)
 
     async def _readinto(self, view: memoryview) -> int:
         if self._fds is None:
             return 0
-        (fd,) = self._fds
         if not self._known:
-            return await self._read_unknown(fd, view)
+            return await self._read_unknown(view)
         remaining = self._transfer.remaining()
         assert remaining is not None
         if remaining <= 0:
             await self._finish()
             return 0
-        try:
-            count = await _read_into(
-                fd, view[:remaining], self._channel.stall, f"blob {self.digest}"
-            )
-        except StallTimeoutError:
-            self._abandon()
-            raise
+        count = await self._receive(view[:remaining])
         if count == 0:
             await self._finish()
             return 0
@@ -474,11 +536,87 @@ class AsyncBlob(AsyncBlobStream):
             await self._finish()
         return count
 
+    async def _receive(self, view: memoryview) -> int:
+        """Read what the pipe has, waiting for it; probe a silent source.
+
+        See docs/protocol.md rule 9.
+        """
+        assert self._fds is not None
+        (fd,) = self._fds
+        channel = self._channel
+        while True:
+            try:
+                return os.readv(fd, [view])
+            except BlockingIOError:
+                pass
+            # While FinishPipe is out, its reply is awaited together with the data.
+            waiting_reply = self._holding and not self._answered
+            also = channel.sock.fileno() if waiting_reply else None
+            if await Backend.wait_readable(fd, self._watch.timeout(), also=also):
+                if waiting_reply and _readable_now(channel.sock.fileno()):
+                    await self._take_reply()
+                continue
+            silence = self._watch.silence()
+            if silence is proto.Silence.STALL:
+                raise self._stalled()
+            if silence is proto.Silence.PROBE:
+                await self._probe()
+
+    async def _probe(self) -> None:
+        # Only when the proxy is free: waiting for the lock would stop this reader.
+        if not await self._channel.lock.try_acquire(f"blob {self.digest}"):
+            self._watch.probe_deferred()
+            return
+        self._holding = True
+        try:
+            await self._channel.send_finish(self._pipeid, "GetBlob")
+        except BaseException:
+            self._release()
+            raise
+        self._watch.probe_sent()
+        _log.debug(
+            "blob %s: no data for %.1f s after %d bytes; FinishPipe sent as a probe",
+            self.digest,
+            self._transfer.idle(),
+            self._transfer.received,
+        )
+
+    async def _take_reply(self) -> None:
+        """FinishPipe answered before the data ended: raise its error now, if any."""
+        self._answered = True
+        try:
+            error = await self._channel.finish_reply("GetBlob")
+        except BaseException:
+            self._abandon()
+            raise
+        self._release()
+        if error is not None:
+            _log.debug("blob %s: the probe found the source failed: %s", self.digest, error)
+            self._finished = True
+            self._close_fds()
+            raise error
+        # Success: the worker has written everything; the rest is in the pipe.
+
+    def _stalled(self) -> StallTimeoutError:
+        stall = self._channel.stall
+        message = f"blob {self.digest}: no data arrived for {stall} seconds"
+        if self._holding and not self._answered:
+            # FinishPipe is out and its reply waits behind the silent source: the
+            # proxy serves nothing else until the source moves again.
+            error = StallTimeoutError(
+                message + " (the proxy is still waiting for that source and is no longer usable)"
+            )
+            self._channel.break_with(error)
+        else:
+            error = StallTimeoutError(message)
+        self._abandon()
+        return error
+
     async def _copy(self, fd: int, progress: Callable[[int], object] | None) -> int:
         # Known size: splice moves the data from the pipe to ``fd`` inside the kernel,
         # in a worker thread under asyncio (one wake-up per chunk costs too much on a
         # loop). The proxy verifies size and digest, and says so through FinishPipe.
-        if not self._known or self._fds is None or self._transfer.received:
+        if not self._known or self._fds is None or self._transfer.received or self._holding:
             return await super()._copy(fd, progress)
         try:
             total = await Backend.run_interruptible(self._splice_to, fd, progress)
@@ -487,6 +625,10 @@ class AsyncBlob(AsyncBlobStream):
             raise
         if total < 0:  # the destination does not take splice (e.g. O_APPEND)
             return await super()._copy(fd, progress)
+        if (self._transfer.remaining() or 0) > 0:
+            # The source went silent (or the pipe ended early): the read loop probes
+            # it and takes the rest, or raises what went wrong.
+            return total + await super()._copy(fd, progress)
         await self._finish()
         return total
 
@@ -495,25 +637,27 @@ class AsyncBlob(AsyncBlobStream):
     ) -> int:
         """Splice the rest of the data into ``fd``, blocking; -1 if ``fd`` refuses splice.
 
-        Returns early when ``stop`` is set (the asyncio caller was cancelled).
+        Returns early when ``stop`` is set (the asyncio caller was cancelled), and
+        when the source has been silent long enough to be probed (by the caller).
         """
         assert self._fds is not None
         (source,) = self._fds
         total = 0
-        stall = self._channel.stall
+        watch = self._watch
         while (remaining := self._transfer.remaining() or 0) > 0 and not stop.is_set():
             try:
                 count = os.splice(source, fd, remaining)
             except BlockingIOError:
-                waited = 0.0
-                while not SyncBackend.wait_readable(source, _STOP_CHECK):
-                    waited += _STOP_CHECK
+                while not SyncBackend.wait_readable(source, _wait_step(watch.timeout())):
                     if stop.is_set():
                         return total
-                    if stall is not None and waited >= stall:
+                    silence = watch.silence()
+                    if silence is proto.Silence.STALL:
                         raise StallTimeoutError(
-                            f"blob {self.digest}: no data arrived for {stall} seconds"
+                            f"blob {self.digest}: no data arrived for {watch.stall} seconds"
                         ) from None
+                    if silence is proto.Silence.PROBE:
+                        return total
                 continue
             except OSError as exc:
                 if total == 0 and exc.errno in (errno.EINVAL, errno.ENOSYS):
@@ -527,24 +671,20 @@ class AsyncBlob(AsyncBlobStream):
                 progress(count)
         return total
 
-    async def _read_unknown(self, fd: int, view: memoryview) -> int:
-        # docs/protocol.md rule 3, for a blob of unknown size: FinishPipe goes out first, its reply
-        # comes after the end of the data, so the proxy is held until then.
-        if not self._holding:
-            await self._channel.lock.acquire()
+    async def _read_unknown(self, view: memoryview) -> int:
+        # docs/protocol.md rule 3 for a blob of unknown size: FinishPipe goes out
+        # first and its reply comes after the end of the data, so the proxy is held
+        # until then; a reply that comes earlier reports a failed source.
+        if not self._holding and not self._answered:
+            await self._channel.lock.acquire(f"blob {self.digest}")
             self._holding = True
             try:
                 await self._channel.send_finish(self._pipeid, "GetBlob")
             except BaseException:
                 self._release()
                 raise
-        try:
-            count = await _read_into(fd, view, self._channel.stall, f"blob {self.digest}")
-        except StallTimeoutError as exc:
-            # FinishPipe is out and its reply waits behind the stalled source.
-            self._channel.break_with(exc)
-            self._abandon()
-            raise
+            self._watch.probe_sent()
+        count = await self._receive(view)
         if count:
             self._transfer.update(view[:count])
             return count
@@ -569,15 +709,18 @@ class AsyncBlob(AsyncBlobStream):
         self._finished = True
         what = f"blob {self.digest}"
         channel = self._channel
+        error: RequestError | None = None
         try:
-            if not self._holding:
+            if not self._holding and not self._answered:
                 await channel.lock.acquire()
                 self._holding = True
                 await channel.send_finish(self._pipeid, "GetBlob")
             assert self._fds is not None
             try:
                 extra = await _drain(self._fds[0], channel.stall, what)
-                error = await channel.finish_reply("GetBlob")
+                if not self._answered:
+                    self._answered = True
+                    error = await channel.finish_reply("GetBlob")
             except StallTimeoutError as exc:
                 raise channel.break_with(exc) from None
         finally:
@@ -593,7 +736,9 @@ class AsyncBlob(AsyncBlobStream):
     async def aclose(self) -> None:
         """Close the stream, before or after its end; raises nothing for an early close."""
         self._closed = True
-        if self._finished:
+        if self._finished or self._answered:
+            self._finished = True
+            self._release()
             self._close_fds()
             return
         self._finished = True
@@ -624,13 +769,16 @@ class AsyncRawBlob(AsyncBlobStream):
 
     Digest and size are checked while the data streams unless ``verify=False`` was
     given; the proxy's own error (with its code, see ``RequestError.retryable``)
-    arrives through a second pipe and is raised by the read that reaches the end.
+    arrives through a second pipe and is raised as soon as it comes, or by the read
+    that reaches the end.
     """
 
     def __init__(self, fds: tuple[int, int], transfer: proto.Transfer, stall: float | None) -> None:
         self._fds = fds
         self._transfer = transfer
         self._stall = stall
+        #: What the error pipe said, once read to its end (b"" for success).
+        self._error_data: bytes | None = None
 
     async def _readinto(self, view: memoryview) -> int:
         if self._fds is None:
@@ -640,7 +788,7 @@ class AsyncRawBlob(AsyncBlobStream):
             await self._complete()
             return 0
         target = view if remaining is None else view[:remaining]
-        count = await _read_into(self._fds[0], target, self._stall, f"blob {self.digest}")
+        count = await self._receive(target)
         if count == 0:
             await self._complete()
             return 0
@@ -649,13 +797,39 @@ class AsyncRawBlob(AsyncBlobStream):
             await self._complete()
         return count
 
+    async def _receive(self, view: memoryview) -> int:
+        # The error pipe is watched with the data: a failed source is reported there
+        # (and both pipes closed) by the worker, whatever the data pipe still holds.
+        assert self._fds is not None
+        data_fd, error_fd = self._fds
+        what = f"blob {self.digest}"
+        while True:
+            try:
+                return os.readv(data_fd, [view])
+            except BlockingIOError:
+                pass
+            also = error_fd if self._error_data is None else None
+            timeout = None if self._stall is None else max(0.0, self._stall - self._transfer.idle())
+            if not await Backend.wait_readable(data_fd, timeout, also=also):
+                if self._stall is not None and self._transfer.idle() >= self._stall:
+                    raise StallTimeoutError(f"{what}: no data arrived for {self._stall} seconds")
+                continue
+            if also is not None and _readable_now(error_fd):
+                self._error_data = await _read_to_end(error_fd, self._stall, what)
+                error = proto.raw_blob_error(self._error_data)
+                if error is not None:
+                    self._close_fds()
+                    raise error
+
     async def _complete(self) -> None:
         assert self._fds is not None
         data_fd, error_fd = self._fds
         what = f"blob {self.digest}"
         try:
             extra = await _drain(data_fd, self._stall, what)
-            error = proto.raw_blob_error(await _read_to_end(error_fd, self._stall, what))
+            if self._error_data is None:
+                self._error_data = await _read_to_end(error_fd, self._stall, what)
+            error = proto.raw_blob_error(self._error_data)
         finally:
             self._close_fds()
         if error is not None:
@@ -725,7 +899,7 @@ class AsyncImageProxy:
             return self
         self._storage_conf = os.environ.get(proto.STORAGE_CONF_ENV)
         sock, child = await Backend.run_blocking(self._spawn)
-        channel = _AsyncChannel(sock, child, self.config.stall_timeout)
+        channel = _AsyncChannel(sock, child, self.config.stall_timeout, self.config.probe_interval)
         try:
             reply = await channel.call("Initialize")
             version = proto.ProtocolVersion.parse(reply.value)
@@ -757,10 +931,29 @@ class AsyncImageProxy:
         if exc_type is None:
             await self.finalize()
             return
+        if issubclass(exc_type, KeyboardInterrupt):
+            # Interrupted: no orderly shutdown, which could wait on a busy proxy.
+            await Backend.run_blocking(self._kill)
         try:
             await self.finalize()
         except ImageProxyError as error:
             _log.debug("closing the proxy after an error: %s", error)
+
+    def _usable(self) -> bool:
+        """Whether the proxy is open and can still serve requests."""
+        return self._channel is not None and self._channel.failure is None
+
+    def _kill(self) -> None:
+        """Stop skopeo now (an interrupt, an aborted pull); blocks until it is gone.
+
+        Nothing more is sent to it: what is waiting on it fails soon, with the
+        proxy's exit. Safe from any thread; :meth:`finalize` still releases the rest.
+        """
+        channel = self._channel
+        if channel is None:
+            return
+        channel.break_with(ClosedError("the proxy was stopped"))
+        channel.child.stop(_KILL_GRACE)
 
     def _live(self) -> _AsyncChannel:
         if self._channel is None:

@@ -26,6 +26,7 @@ from ..errors import ImageNotFoundError, ProtocolError, RequestError, Verificati
 from ..events import (
     BlobFinished,
     BlobProgress,
+    BlobRetrying,
     BlobStarted,
     PullEvent,
     PullResult,
@@ -42,6 +43,13 @@ from ..oci import (
     decode_manifest,
 )
 from .proxy import AsyncBlob, AsyncImageProxy
+from .retry import (
+    AsyncImageSource,
+    AsyncResumingBlob,
+    RetryCallback,
+    retry_policy,
+    retry_transfer,
+)
 
 __all__ = ["default_tag", "layer_info", "pull_async", "stream_layers_async"]
 
@@ -142,26 +150,38 @@ async def pull_async(
             :func:`~containers_image_proxy.detect_compression`).
         VerificationError: a blob does not match its descriptor, or an uncompressed
             layer's digest is not its diff_id.
+
+    A blob whose transfer fails for a reason that may pass is fetched again, as the
+    configuration's ``retry_times`` and ``retry_delay`` say; each retry is a
+    :class:`BlobRetrying` event and is listed in the result. A proxy of the pull's
+    own that can no longer serve requests is replaced for the retry.
+
+    Raises:
+        ValueError: ``jobs`` below 1, or a destination TAG that contradicts ``tag``.
+        LayerUnavailableError: the source cannot serve a layer through this skopeo.
+        CompressionMismatchError: a layer's bytes contradict its media type (see
+            :func:`~containers_image_proxy.detect_compression`).
+        VerificationError: a blob does not match its descriptor, or an uncompressed
+            layer's digest is not its diff_id.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     dest, tag = parse_destination(dest, tag)
+    retries: list[BlobRetrying] = []
     async with contextlib.AsyncExitStack() as stack:
-        if proxy is None:
-            count = min(MAX_PROXIES, math.ceil(jobs / STREAMS_PER_PROXY))
-            proxies = [
-                await stack.enter_async_context(AsyncImageProxy(config)) for _ in range(count)
-            ]
-        else:
-            proxies = [proxy]
-        images = [await stack.enter_async_context(await p.open_image(reference)) for p in proxies]
+        count = 1 if proxy is not None else min(MAX_PROXIES, math.ceil(jobs / STREAMS_PER_PROXY))
+        sources = [
+            await stack.enter_async_context(AsyncImageSource(reference, config, proxy))
+            for _ in range(count)
+        ]
         # Only once the image is open (and the signature policy has allowed it) is
         # anything written: a refused image leaves no trace in ``dest``.
         layout = Layout(dest)
         tag, tag_origin = await Backend.run_blocking(resolve_tag, reference, tag)
-        source_digest, raw = await proxies[0].fetch_manifest_raw_oci(images[0])
+        policy = retry_policy(sources[0].config)
+        source_digest, raw = await sources[0].proxy.fetch_manifest_raw_oci(sources[0].image)
         manifest = decode_manifest(raw)
-        infos = await layer_info(proxies[0], images[0], manifest)
+        infos = await layer_info(sources[0].proxy, sources[0].image, manifest)
         plan = fetch_plan(manifest, infos)
         blobs = (manifest.config, *plan)
         if progress is not None:
@@ -178,16 +198,21 @@ async def pull_async(
                 return
             if progress is not None:
                 progress(BlobStarted(descriptor))
-            slot = index % len(proxies)
-            proxy_, image = proxies[slot], images[slot]
-            if index == 0:
-                data = await _fetch_config(proxy_, image, descriptor)
-                layout.write_blob(descriptor.digest, data)
-                if progress is not None:
-                    progress(BlobProgress(descriptor, len(data), len(data)))
-            else:
-                blob = await _open_layer(proxy_, image, descriptor, infos is not None)
-                await _fetch_layer(blob, descriptor, layout, progress)
+            source = sources[index % len(sources)]
+
+            async def attempt() -> None:
+                if index == 0:
+                    data = await _fetch_config(source.proxy, source.image, descriptor)
+                    layout.write_blob(descriptor.digest, data)
+                    if progress is not None:
+                        progress(BlobProgress(descriptor, len(data), len(data)))
+                else:
+                    blob = await _open_layer(
+                        source.proxy, source.image, descriptor, infos is not None
+                    )
+                    await _fetch_layer(blob, descriptor, layout, progress)
+
+            await retry_transfer(attempt, descriptor, source, policy, progress, retries)
             fetched.append(descriptor)
             if progress is not None:
                 progress(BlobFinished(descriptor, skipped=False))
@@ -198,7 +223,13 @@ async def pull_async(
 
             return run
 
-        await Backend.run_all([task(i, blob) for i, blob in enumerate(blobs)], jobs)
+        def abort() -> None:
+            # The blocking twin's threads cannot be cancelled: stopping our skopeos
+            # makes the blobs they stream end at once.
+            for source in sources:
+                source.stop()
+
+        await Backend.run_all([task(i, blob) for i, blob in enumerate(blobs)], jobs, abort)
 
         config_blob = layout.blob_path(manifest.config.digest).read_bytes()
         heads = await Backend.run_blocking(_heads, layout, plan)
@@ -234,6 +265,7 @@ async def pull_async(
         bytes_fetched=sum(d.size for d in fetched),
         tag_origin=tag_origin,
         rewritten=rewritten,
+        retries=tuple(retries),
     )
 
 
@@ -306,6 +338,7 @@ async def stream_layers_async(
     *,
     config: ImageProxyConfig | None = None,
     proxy: AsyncImageProxy | None = None,
+    on_retry: RetryCallback | None = None,
 ) -> list[Descriptor]:
     """Hand each layer of ``reference`` to ``consume`` as a verified stream, in order.
 
@@ -314,22 +347,30 @@ async def stream_layers_async(
     media type is the one the first bytes prove (a plain tar, gzip or zstd; see
     :func:`pull_async`), which may differ from the manifest's. Nothing touches the
     disk. Whatever ``consume`` leaves unread is drained, so that every layer is
-    verified whole; its errors are raised from here. Returns the descriptors handed
-    out.
+    verified whole; its errors are raised from here. A transfer that fails for a
+    reason that may pass is resumed where it stopped, as often as the
+    configuration's ``retry_times`` allows (each retry goes to ``on_retry``), the
+    bytes already handed out being checked against the new transfer. Returns the
+    descriptors handed out.
 
     Raises:
         LayerUnavailableError: the source cannot serve a layer through this skopeo.
         CompressionMismatchError: a layer's bytes contradict its media type.
     """
-    async with contextlib.AsyncExitStack() as stack:
-        if proxy is None:
-            proxy = await stack.enter_async_context(AsyncImageProxy(config))
-        image = await stack.enter_async_context(await proxy.open_image(reference))
-        _, manifest = await proxy.fetch_manifest(image)
-        infos = await layer_info(proxy, image, manifest)
+    async with AsyncImageSource(reference, config, proxy) as source:
+        policy = retry_policy(source.config)
+        _, manifest = await source.proxy.fetch_manifest(source.image)
+        infos = await layer_info(source.proxy, source.image, manifest)
         handed: list[Descriptor] = []
         for listed, fetched in zip(manifest.layers, fetch_plan(manifest, infos), strict=True):
-            async with await _open_layer(proxy, image, fetched, infos is not None) as blob:
+            blob = AsyncResumingBlob(source, fetched, policy, on_retry)
+            try:
+                await blob.open()
+            except ImageNotFoundError as exc:
+                raise unavailable(
+                    reference, fetched, exc, source.proxy.protocol_version, infos is not None
+                ) from exc
+            async with blob:
                 layer = true_layer(listed, fetched, await blob.peek(PREFIX_SIZE))
                 await consume(layer, blob)
                 if not blob.closed:
