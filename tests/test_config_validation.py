@@ -184,5 +184,46 @@ def test_every_field_is_checked() -> None:
     checked = {
         *FLAGS, *PATHS, *TEXTS, "override_variant", "username", "password", "auth_data",
         "decryption_keys", "skopeo_cmd", "stall_timeout", "insecure_skip_tls_verification",
+        "probe_interval", "retry_times", "retry_delay",
     }  # fmt: skip
     assert {field.name for field in dataclasses.fields(ImageProxyConfig)} == checked
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("probe_interval", "3"),
+        ("probe_interval", True),
+        ("probe_interval", 0),
+        ("probe_interval", -1.0),
+        ("probe_interval", float("nan")),
+        ("retry_times", "3"),
+        ("retry_times", 2.5),
+        ("retry_times", True),
+        ("retry_times", -1),
+        ("retry_times", 101),
+        ("retry_delay", "1"),
+        ("retry_delay", -0.5),
+        ("retry_delay", float("nan")),
+        ("retry_delay", False),
+    ],
+)
+def test_retry_options_are_checked(field: str, value: object) -> None:
+    with pytest.raises(ConfigurationError, match=field):
+        make(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("probe_interval", None),
+        ("probe_interval", 0.5),
+        ("retry_times", 0),
+        ("retry_times", 10),
+        ("retry_delay", None),
+        ("retry_delay", 0),
+        ("retry_delay", 2.5),
+    ],
+)
+def test_retry_options_accept_valid_values(field: str, value: object) -> None:
+    assert getattr(make(**{field: value}), field) == value
