@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import math
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -75,8 +76,18 @@ def draw(directory: Path) -> Path | None:
         for i, row in enumerate(rows):
             if row["goal"] is not None:
                 ax.plot([row["goal"]] * 2, [i - 0.42, i + 0.42], color="black", linewidth=2.2)
+            # The ratio at the end of its bar: inside when the bar is long enough, so
+            # that it does not collide with a goal mark just beyond.
+            inside = math.log(ratios[i] / low) > 0.2 * math.log(high / low)
             ax.text(
-                ratios[i] * 1.03, i, f"{row['ratio']:.2f}", va="center", fontsize=8, weight="bold"
+                ratios[i] / 1.02 if inside else ratios[i] * 1.02,
+                i,
+                f"{row['ratio']:.2f}",
+                va="center",
+                ha="right" if inside else "left",
+                color="white" if inside else "black",
+                fontsize=8,
+                weight="bold",
             )
             unit = row.get("unit", "s")
             ours, other = _value(row["ours"], unit), _value(row["other"], unit)

@@ -93,7 +93,7 @@ class Row:
     other_name: str
     other: float
     goal: float | None
-    family: str = ""  # the chart's panel
+    family: str = ""  # the chart's panel (the case)
 
     @property
     def ratio(self) -> float:
@@ -308,7 +308,6 @@ def contest(
 def rows_for(image: Image, target: str, kind: str, best: dict[str, float]) -> list[Row]:
     where = target if kind == target else f"{target} ({kind})"
     case = f"unpack {image.label}, into {where}"
-    family = f"unpack {image.short} into {target}"
     pairs = [("unpack", "umoci"), ("unpack_async", "umoci"), ("unpack", "tar")]
     return [
         Row(
@@ -318,7 +317,7 @@ def rows_for(image: Image, target: str, kind: str, best: dict[str, float]) -> li
             NAMES[other],
             best[other],
             GOALS.get((image.real, target, ours, other)),
-            family,
+            case,
         )
         for ours, other in pairs
         if other in best
@@ -387,10 +386,12 @@ def main() -> int:
         out.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         images: list[Image] = []
+        real: RealImage | None = None
         if "synthetic" in keys:
             entries, tar_total = build_synthetic(work / "layout", args)
             label = (
-                f"{args.layers} gzip layers, {entries} entries, {tar_total / MiB:.0f} MiB of tar"
+                f"synthetic, {args.layers} gzip layers, {entries} entries,"
+                f" {tar_total / MiB:.0f} MiB of tar"
             )
             images.append(Image("synthetic", "synthetic", label, work / "layout", "gzip", False))
         if any(k.startswith("debian-") for k in keys):
@@ -403,7 +404,10 @@ def main() -> int:
         for image in images:
             readable = umoci is not None and umoci_reads(umoci, image, work)
             if umoci is not None and not readable:
-                notes.append(f"umoci cannot read the {image.short} image ({image.compression}).")
+                notes.append(
+                    f"This umoci cannot read {image.compression} layers: no umoci rows"
+                    f" for the {image.short} image."
+                )
             for target, base in targets.items():
                 kind = fs_type(base)
                 scratch = Path(
@@ -446,6 +450,7 @@ def main() -> int:
                 k: v for k, v in vars(args).items() if k not in ("out", "tmpfs_dir", "disk_dir")
             },
             "images": {image.key: image.label for image in images},
+            "real_image": None if real is None else real.info,
             "runs": described,
             "notes": notes,
             "rows": [dataclasses.asdict(r) | {"ratio": r.ratio, "met": r.met} for r in rows],
