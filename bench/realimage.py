@@ -691,7 +691,8 @@ def real_image(
             partial.rename(rootfs)
         about = json.loads(about_path.read_text()) if about_path.is_file() else {}
         about = {"mirror": mirror, "suite": suite, "arch": arch} | about
-        about["name"] = f"Debian {about['suite']} minbase"
+        distribution = os_release().get("NAME", "Debian").split()[0]
+        about["name"] = f"{distribution} {about['suite']} minbase"
         partial_image = home / f"image-v{RECIPE}.partial"
         shutil.rmtree(partial_image, ignore_errors=True)
         log(f"building the layers into {image_dir} ...")
