@@ -49,7 +49,7 @@ from _table import markdown_table  # noqa: E402
 from hostile_layers import TarLayer, build  # noqa: E402
 from images import BuiltImage, build_oci_layout  # noqa: E402
 from storage import Store, podman_path  # noqa: E402
-from unpack import build_image  # noqa: E402
+from unpack import build_synthetic  # noqa: E402
 
 MiB = 1 << 20
 
@@ -214,8 +214,9 @@ def main() -> int:
         out = args.out or (work / "results" if args.smoke else HERE / "results")
         out.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        reference, entries, tar_total = build_image(work / "layout", args)
         layout = work / "layout"
+        entries, tar_total = build_synthetic(layout, args)
+        reference = f"oci:{layout}:latest"
         image = _built(layout, reference)
         plain = plain_twin(image, work / "plain")
         store = Store(work / "store")
