@@ -39,6 +39,8 @@ from hostile_layers import (
     tar_bytes,
     whiteout,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from images import (
     OCI_LAYER_GZIP,
     OCI_LAYER_TAR,
@@ -71,6 +73,7 @@ from containers_image_proxy import (
     unpack,
     unpack_async,
 )
+from containers_image_proxy._unpack_tree import _Info
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -620,6 +623,115 @@ def test_malformed_tars(tmp_path: Path) -> None:
     # An empty stream is an empty layer; data after the end-of-archive blocks is ignored.
     apply_layers(tmp_path / "empty", b"", good + b"junk after the end")
     assert sorted(os.listdir(tmp_path / "empty")) == ["a", "b"]
+
+
+_HEADER_FIELDS = (
+    "name", "mode", "uid", "gid", "size", "mtime", "chksum", "type", "linkname",
+    "uname", "gname", "devmajor", "devminor",
+)  # fmt: skip
+#: Where a header's text fields are.
+_TEXT_FIELDS = {"name": (0, 100), "linkname": (157, 257), "uname": (265, 297),
+                "gname": (297, 329), "prefix": (345, 500)}  # fmt: skip
+#: Where the header's fields start (and a few places just inside them).
+_FIELD_STARTS = [0, 99, 100, 107, 108, 116, 124, 135, 136, 148, 154, 155, 156, 157, 257, 263,
+                 265, 297, 329, 336, 337, 344, 345, 386, 482, 483, 500]  # fmt: skip
+_KINDS = st.sampled_from(
+    [tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE,
+     tarfile.CHRTYPE, tarfile.FIFOTYPE, tarfile.GNUTYPE_SPARSE, tarfile.GNUTYPE_LONGNAME,
+     tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, b"x"]
+)  # fmt: skip
+
+
+def _parse_header(cls: type[tarfile.TarInfo], block: bytes) -> object:
+    try:
+        info = cls.frombuf(block, "utf-8", "surrogateescape")
+    except Exception as exc:  # the same failure is expected from both parsers
+        return (type(exc), str(exc))
+    return {name: getattr(info, name) for name in _HEADER_FIELDS} | {
+        "sparse": getattr(info, "_sparse_structs", None)
+    }
+
+
+def _with_checksum(block: bytearray, style: int, *, off: int = 0) -> bytes:
+    block[148:156] = b" " * 8
+    total = sum(block) + off
+    block[148:156] = b"%06o\0 " % total if style == 0 else b"%07o\0" % total
+    return bytes(block)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    kind=_KINDS,
+    numbers=st.tuples(*[st.integers(0, 0o7777777)] * 3, *[st.integers(0, 8**11 - 1)] * 2),
+    devices=st.tuples(st.integers(0, 0o7777777), st.integers(0, 0o7777777)),
+    fmt=st.sampled_from([tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT]),
+    texts=st.dictionaries(st.sampled_from(list(_TEXT_FIELDS)), st.binary(max_size=155)),
+    edits=st.lists(
+        st.tuples(
+            st.one_of(st.integers(0, 511), st.sampled_from(_FIELD_STARTS)),
+            st.binary(min_size=1, max_size=3),
+            st.sampled_from([1, 1, 2, 60, 200]),  # repeated: long runs of odd bytes too
+        ),
+        max_size=3,
+    ),
+    style=st.sampled_from([0, 1, None]),
+)
+def test_header_fast_path_parses_as_tarfile(
+    kind: bytes,
+    numbers: tuple[int, int, int, int, int],
+    devices: tuple[int, int],
+    fmt: int,
+    texts: dict[str, bytes],
+    edits: list[tuple[int, bytes, int]],
+    style: int | None,
+) -> None:
+    """The writer's header parser gives exactly what tarfile's gives, or fails the same way."""
+    info = tarfile.TarInfo("x")
+    info.type = kind
+    info.mode, info.uid, info.gid, info.size, info.mtime = numbers
+    info.devmajor, info.devminor = devices
+    if kind not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+        info.size = 0
+    block = bytearray(info.tobuf(fmt, "utf-8", "surrogateescape")[-512:])
+    for field, data in texts.items():
+        start, end = _TEXT_FIELDS[field]
+        block[start:end] = data[: end - start].ljust(end - start, b"\0")
+    for offset, data, repeat in edits:  # odd bytes anywhere; then (maybe) a checksum that fits
+        block[offset : offset + len(data) * repeat] = data * repeat
+        del block[512:]
+    buf = _with_checksum(block, style) if style is not None else bytes(block)
+    assert _parse_header(_Info, buf) == _parse_header(tarfile.TarInfo, buf)
+
+
+def test_header_fast_path_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Headers as tar writers make them skip tarfile's slower parse."""
+    high = bytearray(tarfile.TarInfo("x").tobuf(tarfile.USTAR_FORMAT))
+    for start, end in _TEXT_FIELDS.values():  # non-zero bytes summing past 65521
+        block_end = end - 1
+        high[start:block_end] = b"\xff" * (block_end - start)
+    blocks = [
+        tarfile.TarInfo("a/b").tobuf(tarfile.USTAR_FORMAT),
+        tarfile.TarInfo("d/" * 60).tobuf(tarfile.GNU_FORMAT)[-512:],
+        _with_checksum(bytearray(tarfile.TarInfo("x").tobuf(tarfile.USTAR_FORMAT)), 1),
+        _with_checksum(high, 0),
+    ]
+    expected = [_parse_header(tarfile.TarInfo, block) for block in blocks]
+    slow: list[bytes] = []
+    parse = tarfile.TarInfo.frombuf.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[tarfile.TarInfo], buf: bytes, encoding: str, errors: str) -> object:
+        slow.append(buf)
+        return parse(cls, buf, encoding, errors)
+
+    monkeypatch.setattr(tarfile.TarInfo, "frombuf", classmethod(counted))
+    assert [_parse_header(_Info, block) for block in blocks] == expected
+    assert slow == []
+    odd = bytearray(blocks[0])
+    odd[100:108] = b"   644 \0"  # space-padded: tarfile's parse
+    assert isinstance(_parse_header(_Info, _with_checksum(odd, 0)), dict) and len(slow) == 1
+    # A checksum off by adler32's modulus is still a bad checksum.
+    bad = _with_checksum(high, 0, off=-65521)
+    assert _parse_header(_Info, bad) == (tarfile.InvalidHeaderError, "bad checksum")
 
 
 # --------------------------------------------------------------------------- hostile layers
