@@ -7,16 +7,21 @@ import contextlib
 import functools
 import os
 import threading
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from types import TracebackType
+from typing import Protocol, Self, TypeVar
 
 from ._async.proxy import AsyncBlob, AsyncImageProxy
 from ._backends import run_in_thread_until_done
+from ._image import OpenedImage
 from ._sync.proxy import ImageProxy
-from ._unpack_stream import LayerStream, open_layer
+from ._unpack_stream import LayerStream
 from ._unpack_tree import RootfsWriter, _Stopped, discard_tree
-from ._unpack_types import LayerResult, UnpackLimits, UnpackResult
+from ._unpack_types import Compression, LayerResult, UnpackLimits, UnpackResult
 from .config import ImageProxyConfig
 from .errors import InvalidDocumentError
 from .oci import Descriptor, Digest, ImageConfiguration, ImageManifest
@@ -25,6 +30,8 @@ __all__ = ["unpack", "unpack_async"]
 
 _T = TypeVar("_T")
 _CHUNK = 1 << 20
+#: Decompressed bytes the reader thread may hold ahead of the writer.
+_AHEAD = 16 << 20
 
 #: Called with each layer's result once it is applied and verified.
 LayerCallback = Callable[[LayerResult], object]
@@ -53,9 +60,199 @@ def _pairs(manifest: ImageManifest, config: ImageConfiguration) -> list[tuple[De
     return list(zip(manifest.layers, diff_ids, strict=True))
 
 
-def _remaining(writer: RootfsWriter) -> int | None:
-    limit = writer.limits.max_total_bytes
-    return None if limit is None else max(0, limit - writer.bytes)
+class _Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+#: Opens a layer's blob, as a context manager that closes it.
+_Opener = Callable[[Descriptor], AbstractContextManager[_Readable]]
+
+
+class _Closed(Exception):
+    """The writer went away: the reader thread stops."""
+
+
+@dataclass(frozen=True, slots=True)
+class _End:
+    """The end of a layer, verified by the reader thread."""
+
+    compression: Compression
+    bytes_read: int
+
+
+class _Chunks:
+    """A bounded queue of decompressed chunks from the reader thread to the writer.
+
+    Holds about ``limit`` bytes at most (one chunk more when a single chunk is
+    larger). After :meth:`close` a put raises :class:`_Closed`.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._items: deque[bytes | _End | BaseException] = deque()
+        self._held = 0
+        self._limit = limit
+        self._closed = False
+        lock = threading.Lock()
+        self._readable = threading.Condition(lock)
+        self._writable = threading.Condition(lock)
+
+    def put(self, item: bytes | _End | BaseException) -> None:
+        with self._writable:
+            while self._held >= self._limit and not self._closed:
+                self._writable.wait()
+            if self._closed:
+                raise _Closed
+            self._items.append(item)
+            if isinstance(item, bytes):
+                self._held += len(item)
+            self._readable.notify()
+
+    def get(self) -> bytes | _End | BaseException:
+        with self._readable:
+            while not self._items:
+                self._readable.wait()
+            item = self._items.popleft()
+            if isinstance(item, bytes):
+                self._held -= len(item)
+                self._writable.notify()
+            return item
+
+    def close(self) -> None:
+        with self._readable:
+            self._closed = True
+            self._items.clear()
+            self._held = 0
+            self._writable.notify_all()
+
+
+class _Prefetched:
+    """One layer's tar, as the reader thread decompressed and verified it.
+
+    What the writer applies: reading it to its end raises whatever the reader met
+    (a corrupt blob, a diff_id mismatch, a limit), at the point where it met it.
+    """
+
+    def __init__(self, chunks: _Chunks, diff_id: Digest) -> None:
+        self.diff_id = diff_id
+        self.compression: Compression = "none"
+        self.bytes_read = 0
+        self.verified = False
+        self._chunks = chunks
+        self._rest = b""
+        self._failure: BaseException | None = None
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self._failure is not None:
+            raise self._failure
+        if self._rest:
+            data = self._rest
+        elif self.verified:
+            return b""
+        else:
+            item = self._chunks.get()
+            if isinstance(item, _End):
+                self.compression = item.compression
+                self.bytes_read = item.bytes_read
+                self.verified = True
+                return b""
+            if isinstance(item, BaseException):
+                self._failure = item
+                raise item
+            data = item
+        if 0 <= size < len(data):
+            self._rest = data[size:]
+            return data[:size]
+        self._rest = b""
+        return data
+
+    def finish(self) -> None:
+        while self.read(_CHUNK):
+            pass
+
+
+class _Reader:
+    """A thread that fetches, decompresses and verifies the layers, in order.
+
+    It runs ahead of the writer by up to ``_AHEAD`` bytes, into the next layer too
+    (whose blob it opens as soon as the previous one is read), so that fetching and
+    decompression (zlib, zstd and hashlib release the GIL) overlap the writer's
+    tar parsing and file system calls. :meth:`layer` hands each layer to the writer,
+    in order. Leaving the ``with`` block stops the thread and waits for it: a blob
+    it was reading is closed early (which waits for a stalled source as long as the
+    proxy's stall timeout lets a read wait).
+    """
+
+    def __init__(
+        self,
+        opener: _Opener,
+        layers: Sequence[tuple[Descriptor, Digest]],
+        max_bytes: int | None,
+    ) -> None:
+        self._opener = opener
+        self._layers = layers
+        self._max_bytes = max_bytes
+        self._chunks = _Chunks(_AHEAD)
+        self._thread = threading.Thread(target=self._run, name="unpack-reader", daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop the thread (if it still runs) and wait for it."""
+        self._chunks.close()
+        if self._thread.ident is not None:
+            self._thread.join()
+
+    def layer(self, diff_id: Digest) -> _Prefetched:
+        """The next layer's tar, to read to its end before asking for the next one."""
+        return _Prefetched(self._chunks, diff_id)
+
+    def _run(self) -> None:
+        chunks = self._chunks
+        read = 0  # decompressed bytes of the layers before
+        try:
+            for descriptor, diff_id in self._layers:
+                limit = self._max_bytes
+                with self._opener(descriptor) as blob:
+                    stream = LayerStream(
+                        blob,
+                        descriptor.media_type,
+                        diff_id,
+                        max_bytes=None if limit is None else max(0, limit - read),
+                    )
+                    while data := stream.read(_CHUNK):
+                        chunks.put(data)
+                read += stream.bytes_read
+                chunks.put(_End(stream.compression, stream.bytes_read))
+        except _Closed:
+            pass
+        except BaseException as exc:  # handed to the writer, which raises it
+            with contextlib.suppress(_Closed):
+                chunks.put(exc)
+
+
+def _apply_layers(
+    writer: RootfsWriter,
+    reader: _Reader,
+    layers: Sequence[tuple[Descriptor, Digest]],
+    progress: LayerCallback | None,
+) -> list[LayerResult]:
+    results: list[LayerResult] = []
+    for descriptor, diff_id in layers:
+        result = writer.apply(reader.layer(diff_id), descriptor=descriptor)
+        results.append(result)
+        if progress is not None:
+            progress(result)
+    return results
 
 
 def _unpack(
@@ -77,17 +274,11 @@ def _unpack(
             digest, manifest = proxy.fetch_manifest(image)
             image_config = proxy.fetch_config(image)
             layers = _pairs(manifest, image_config)
-            results: list[LayerResult] = []
+            opener = functools.partial(proxy.get_descriptor, image)
             with RootfsWriter(dest, limits=limits, rootless=rootless) as writer:
                 writer._stop = stop
-                for descriptor, diff_id in layers:
-                    with open_layer(
-                        proxy, image, descriptor, diff_id, max_bytes=_remaining(writer)
-                    ) as stream:
-                        result = writer.apply(stream, descriptor=descriptor)
-                    results.append(result)
-                    if progress is not None:
-                        progress(result)
+                with _Reader(opener, layers, writer.limits.max_total_bytes) as reader:
+                    results = _apply_layers(writer, reader, layers, progress)
     except BaseException:
         discard_tree(dest, remove=created)
         raise
@@ -145,25 +336,33 @@ class _Bridge:
         self._blob = blob
         self._loop = loop
         self._buffer = b""
+        self._at = 0
 
     def read(self, size: int = -1, /) -> bytes:
-        if not self._buffer:
+        if self._at >= len(self._buffer):
             future = asyncio.run_coroutine_threadsafe(self._blob.read(_CHUNK), self._loop)
             self._buffer = future.result()
-        if size < 0:
-            size = len(self._buffer)
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
-        return data
+            self._at = 0
+        at = self._at
+        end = len(self._buffer) if size < 0 else min(len(self._buffer), at + size)
+        self._at = end
+        return self._buffer[at:end] if at or end < len(self._buffer) else self._buffer
 
 
-def _apply(
-    writer: RootfsWriter,
-    source: _Bridge,
+@contextlib.contextmanager
+def _bridged(
+    proxy: AsyncImageProxy,
+    image: OpenedImage,
+    loop: asyncio.AbstractEventLoop,
     descriptor: Descriptor,
-    diff_id: Digest,
-) -> LayerResult:
-    stream = LayerStream(source, descriptor.media_type, diff_id, max_bytes=_remaining(writer))
-    return writer.apply(stream, descriptor=descriptor)
+) -> Iterator[_Bridge]:
+    """Open a layer's blob on the event loop, for the reader thread."""
+    opening = asyncio.run_coroutine_threadsafe(proxy.get_descriptor(image, descriptor), loop)
+    blob = opening.result()
+    try:
+        yield _Bridge(blob, loop)
+    finally:
+        asyncio.run_coroutine_threadsafe(blob.aclose(), loop).result()
 
 
 async def _unpack_with(
@@ -178,6 +377,7 @@ async def _unpack_with(
     loop = asyncio.get_running_loop()
     created = await asyncio.to_thread(_prepare, dest)
     writer: RootfsWriter | None = None
+    reader: _Reader | None = None
     try:
         async with await proxy.open_image(reference) as image:
             digest, manifest = await proxy.fetch_manifest(image)
@@ -185,18 +385,22 @@ async def _unpack_with(
             layers = _pairs(manifest, image_config)
             writer = RootfsWriter(dest, limits=limits, rootless=rootless)
             writer._stop = stop
+            opener = functools.partial(_bridged, proxy, image, loop)
+            reader = _Reader(opener, layers, writer.limits.max_total_bytes).__enter__()
             results: list[LayerResult] = []
             for descriptor, diff_id in layers:
-                async with await proxy.get_descriptor(image, descriptor) as blob:
-                    work = functools.partial(
-                        _apply, writer, _Bridge(blob, loop), descriptor, diff_id
-                    )
-                    result = await run_in_thread_until_done(work, stop)
+                work = functools.partial(writer.apply, reader.layer(diff_id), descriptor=descriptor)
+                result = await run_in_thread_until_done(work, stop)
                 results.append(result)
                 if progress is not None:
                     progress(result)
+            stopping, reader = reader, None
+            await asyncio.to_thread(stopping.stop)
             await run_in_thread_until_done(writer.close, stop)
     except BaseException:
+        if reader is not None:
+            # The reader thread may wait for the loop: wait for it without blocking it.
+            await asyncio.shield(asyncio.to_thread(reader.stop))
         if writer is not None:
             writer.abort()
         await asyncio.shield(asyncio.to_thread(discard_tree, dest, remove=created))
