@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -52,9 +53,11 @@ from treediff import Snapshot, diff, snapshot
 
 from containers_image_proxy import (
     AsyncImageProxy,
+    Blob,
     BlobVerificationError,
     ClosedError,
     CompressionMismatchError,
+    Descriptor,
     ImageNotFoundError,
     ImageProxy,
     ImageProxyError,
@@ -63,11 +66,13 @@ from containers_image_proxy import (
     LayerResult,
     LayerStream,
     LimitExceededError,
+    OpenedImage,
     RootfsWriter,
     UnpackError,
     UnpackLimits,
     UnsafeLayerError,
     VerificationError,
+    _unpack_stream,
     detect_compression,
     open_layer,
     unpack,
@@ -308,14 +313,110 @@ async def test_unpack_async_cancelled(skopeo: str, tmp_path: Path) -> None:
             with pytest.raises(asyncio.CancelledError):
                 await task
         assert not dest.exists()
+        assert not _reader_threads()
 
 
 async def test_unpack_async_errors_clean_up(skopeo: str, tmp_path: Path) -> None:
     image = build(tmp_path / "img", layer(file("ok"), file("../escape")))
+    corrupt = build(
+        tmp_path / "corrupt",
+        layer(file("ok")),
+        TarLayer({}, "gzip", entries=(file("a"),), stored=compress(tar_bytes([file("b")]), "gzip")),
+    )
     async with AsyncImageProxy() as proxy:
         with pytest.raises(UnsafeLayerError):
             await unpack_async(image.ref, tmp_path / "dest", proxy=proxy)
+        with pytest.raises(VerificationError):  # met by the reader thread
+            await unpack_async(corrupt.ref, tmp_path / "dest", proxy=proxy)
+        assert proxy.protocol_version  # still usable
     assert not (tmp_path / "dest").exists()
+    assert not _reader_threads()
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def _reader_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "unpack-reader"]
+
+
+class _RecordingProxy(ImageProxy):
+    """A proxy that notes which layer blobs were opened, and when."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened: list[str] = []
+        self.opened_event = threading.Condition()
+
+    def get_descriptor(self, image: OpenedImage, descriptor: Descriptor) -> Blob:
+        with self.opened_event:
+            self.opened.append(str(descriptor.digest))
+            self.opened_event.notify_all()
+        return super().get_descriptor(image, descriptor)
+
+
+def test_next_layer_is_fetched_while_one_is_applied(skopeo: str, tmp_path: Path) -> None:
+    image = build(
+        tmp_path / "img",
+        *[layer(*[file(f"l{n}/f{i}", b"x" * 300) for i in range(50)]) for n in range(3)],
+    )
+    digests = [digest for digest, _, _, _ in image.layers]
+    waited: list[bool] = []
+
+    def progress(result: LayerResult) -> None:
+        # Layer n is applied: the reader has (or soon has) opened layer n + 1 already,
+        # without waiting for this callback to return.
+        index = len(waited)
+        if index + 1 < len(digests):
+            with proxy.opened_event:
+                waited.append(
+                    proxy.opened_event.wait_for(lambda: len(proxy.opened) > index + 1, 10)
+                )
+
+    with _RecordingProxy() as proxy:
+        result = unpack(image.ref, tmp_path / "dest", proxy=proxy, progress=progress)
+    assert waited == [True, True]
+    assert proxy.opened == digests
+    assert [layer.diff_id for layer in result.layers] == list(image.diff_ids)
+    assert not _reader_threads()
+
+
+def test_reader_failure_in_a_later_layer(proxy: ImageProxy, tmp_path: Path) -> None:
+    """A layer that fails verification stops the unpack when the writer reaches it,
+    even though the reader met the failure while an earlier layer was being applied."""
+    good = layer(*[file(f"f{i}", b"y" * 1000) for i in range(200)])
+    bad = TarLayer(
+        {}, "gzip", entries=(file("a"),), stored=compress(tar_bytes([file("b")]), "gzip")
+    )
+    mislabelled = layer(file("c"), compression="gzip", label=OCI_LAYER_ZSTD)
+    for index, (broken, error) in enumerate(
+        [(bad, VerificationError), (mislabelled, CompressionMismatchError)]
+    ):
+        image = build(tmp_path / f"img{index}", good, broken, layer(file("z")))
+        applied: list[LayerResult] = []
+        with pytest.raises(error):
+            unpack(image.ref, tmp_path / f"dest{index}", proxy=proxy, progress=applied.append)
+        assert len(applied) == 1  # the good layer went through first
+        assert not (tmp_path / f"dest{index}").exists()
+        assert not _reader_threads()
+    # The proxy is still usable: the reader closed what it had open.
+    assert proxy.fetch_manifest(proxy.open_image(image.ref))[1].layers
+
+
+def test_writer_failure_stops_a_reader_that_is_ahead(proxy: ImageProxy, tmp_path: Path) -> None:
+    """The writer fails at the first entry while the reader waits on a full queue."""
+    payload = hashlib.shake_256(b"incompressible").digest(1 << 20)
+    image = build(
+        tmp_path / "img",
+        layer(file("../escape"), *[file(f"big{i}", payload) for i in range(40)]),
+        layer(*[file(f"more{i}", payload) for i in range(8)]),
+    )
+    with pytest.raises(UnsafeLayerError):
+        unpack(image.ref, tmp_path / "dest", proxy=proxy)
+    assert not (tmp_path / "dest").exists()
+    assert not _reader_threads()
+    with proxy.open_image(image.ref) as opened:  # the proxy is still usable
+        assert proxy.fetch_config(opened).rootfs.diff_ids == tuple(image.diff_ids)
 
 
 # --------------------------------------------------------------------------- layer API
@@ -410,7 +511,23 @@ def test_detect_compression(media_type: str, blob: bytes, expected: object) -> N
             LayerStream(io.BytesIO(blob), media_type, sha256(TAR))
 
 
-def test_layer_stream_edge_cases() -> None:
+@pytest.fixture(params=["isal", "zlib"])
+def inflater(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Gzip layers read with ISA-L's inflate (the "fast" extra) or with zlib's."""
+    if request.param == "zlib":
+        monkeypatch.setattr(_unpack_stream, "_inflater", _unpack_stream._zlib_inflater)
+    elif _unpack_stream._inflater is _unpack_stream._zlib_inflater:
+        pytest.skip("isal is not installed (the fast extra)")
+    return str(request.param)
+
+
+def _gzip_with(data: bytes, offset: int, flip: int) -> bytes:
+    blob = bytearray(gzip.compress(data, mtime=0))
+    blob[offset] ^= flip
+    return bytes(blob)
+
+
+def test_layer_stream_edge_cases(inflater: str) -> None:
     digest = sha256(TAR)
     # Several gzip members, then zero padding: one tar.
     halves = gzip.compress(TAR[:700], mtime=0) + gzip.compress(TAR[700:], mtime=0) + bytes(99)
@@ -432,7 +549,11 @@ def test_layer_stream_edge_cases() -> None:
     failures: list[tuple[bytes, str, type[Exception], str]] = [
         (compress(TAR, "gzip") + b"garbage", OCI_LAYER_GZIP, LayerFormatError, "not gzip"),
         (compress(TAR, "gzip")[:-30], OCI_LAYER_GZIP, LayerFormatError, "ends in the middle"),
-        (compress(TAR, "gzip")[:40] + bytes(200), OCI_LAYER_GZIP, LayerFormatError, "invalid"),
+        # Corrupt data: zlib says so at once, ISA-L reads on and finds the stream short.
+        (compress(TAR, "gzip")[:40] + bytes(200), OCI_LAYER_GZIP, LayerFormatError, "invalid|ends"),
+        (_gzip_with(TAR, -8, 1), OCI_LAYER_GZIP, LayerFormatError, "invalid"),  # CRC-32
+        (_gzip_with(TAR, -1, 1), OCI_LAYER_GZIP, LayerFormatError, "invalid"),  # size
+        (_gzip_with(TAR, 2, 7), OCI_LAYER_GZIP, LayerFormatError, "invalid"),  # method
         (compress(TAR, "zstd") + b"garbage!", OCI_LAYER_ZSTD, LayerFormatError, "zstd"),
         (TAR + b"x", OCI_LAYER_TAR, VerificationError, "diff_id mismatch"),
     ]

@@ -19,7 +19,7 @@ from ._async.proxy import AsyncBlob, AsyncImageProxy
 from ._backends import run_in_thread_until_done
 from ._image import OpenedImage
 from ._sync.proxy import ImageProxy
-from ._unpack_stream import LayerStream
+from ._unpack_stream import LayerStream, check_diff_id
 from ._unpack_tree import RootfsWriter, _Stopped, discard_tree
 from ._unpack_types import Compression, LayerResult, UnpackLimits, UnpackResult
 from .config import ImageProxyConfig
@@ -125,11 +125,24 @@ class _Chunks:
             self._writable.notify_all()
 
 
-class _Prefetched:
-    """One layer's tar, as the reader thread decompressed and verified it.
+class _Decompressed(LayerStream):
+    """A LayerStream for the reader thread: the writer's thread hashes the bytes and
+    checks the diff_id (see _Prefetched), which balances the work of the two threads
+    (decompression is the slower half)."""
 
-    What the writer applies: reading it to its end raises whatever the reader met
-    (a corrupt blob, a diff_id mismatch, a limit), at the point where it met it.
+    def _hash(self, data: bytes) -> None:
+        pass
+
+    def _verify(self) -> None:
+        pass
+
+
+class _Prefetched:
+    """One layer's tar, as the reader thread decompressed it, verified as it is read.
+
+    What the writer applies: the bytes are hashed here, and the read that reaches
+    the end checks the diff_id; reading raises whatever the reader met (a corrupt
+    blob, a limit...) at the point where it met it.
     """
 
     def __init__(self, chunks: _Chunks, diff_id: Digest) -> None:
@@ -138,6 +151,7 @@ class _Prefetched:
         self.bytes_read = 0
         self.verified = False
         self._chunks = chunks
+        self._hasher = diff_id.hasher()
         self._rest = b""
         self._failure: BaseException | None = None
 
@@ -150,15 +164,22 @@ class _Prefetched:
             return b""
         else:
             item = self._chunks.get()
-            if isinstance(item, _End):
+            if isinstance(item, bytes):
+                self._hasher.update(item)
+                data = item
+            elif isinstance(item, _End):
                 self.compression = item.compression
                 self.bytes_read = item.bytes_read
+                try:
+                    check_diff_id(self.diff_id, self._hasher, self.bytes_read)
+                except BaseException as exc:
+                    self._failure = exc
+                    raise
                 self.verified = True
                 return b""
-            if isinstance(item, BaseException):
+            else:
                 self._failure = item
                 raise item
-            data = item
         if 0 <= size < len(data):
             self._rest = data[size:]
             return data[:size]
@@ -171,12 +192,12 @@ class _Prefetched:
 
 
 class _Reader:
-    """A thread that fetches, decompresses and verifies the layers, in order.
+    """A thread that fetches and decompresses the layers, in order.
 
     It runs ahead of the writer by up to ``_AHEAD`` bytes, into the next layer too
     (whose blob it opens as soon as the previous one is read), so that fetching and
-    decompression (zlib, zstd and hashlib release the GIL) overlap the writer's
-    tar parsing and file system calls. :meth:`layer` hands each layer to the writer,
+    decompression (zlib and zstd release the GIL) overlap the writer's tar parsing,
+    hashing and file system calls. :meth:`layer` hands each layer to the writer,
     in order. Leaving the ``with`` block stops the thread and waits for it: a blob
     it was reading is closed early (which waits for a stalled source as long as the
     proxy's stall timeout lets a read wait).
@@ -223,7 +244,7 @@ class _Reader:
             for descriptor, diff_id in self._layers:
                 limit = self._max_bytes
                 with self._opener(descriptor) as blob:
-                    stream = LayerStream(
+                    stream = _Decompressed(
                         blob,
                         descriptor.media_type,
                         diff_id,
