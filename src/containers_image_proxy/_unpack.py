@@ -327,16 +327,21 @@ def unpack(
     """Unpack the image ``reference`` into the root filesystem directory ``dest``.
 
     ``dest`` must be missing (it is created) or empty. Layers stream straight from
-    the proxy, one after the other, with no temporary copy: each is decompressed,
-    checked against its diff_id and applied with the OCI layer rules (whiteouts,
-    opaque directories) by a :class:`RootfsWriter`, which anchors every operation at
-    directory descriptors and never follows a symlink that a layer planted. An open
-    ``proxy`` may be given to reuse it (``config`` is then ignored). ``limits``
-    bound sizes and counts (:class:`UnpackLimits`); ``rootless`` (default: not
-    running as root) leaves ownership alone and skips device nodes. ``progress`` is
-    called with each layer's :class:`LayerResult`.
+    the proxy, in order, with no temporary copy: a reader thread fetches and
+    decompresses them (ISA-L's inflate for gzip when the ``fast`` extra is
+    installed, else zlib's), at most 16 MiB ahead and into the next layer's blob,
+    while the calling thread hashes each layer's tar against its diff_id and
+    applies it with the OCI layer rules (whiteouts, opaque directories) through a
+    :class:`RootfsWriter`, which anchors every operation at directory descriptors
+    and never follows a symlink that a layer planted. An open ``proxy`` may be
+    given to reuse it (``config`` is then ignored). ``limits`` bound sizes and
+    counts (:class:`UnpackLimits`); ``rootless`` (default: not running as root)
+    leaves ownership alone and skips device nodes. ``progress`` is called with each
+    layer's :class:`LayerResult`, in order, once the layer is applied and verified.
 
-    On any failure ``dest`` is emptied (and removed if this call created it).
+    On any failure ``dest`` is emptied (and removed if this call created it), and
+    the reader thread is stopped and waited for; a blob it was reading is closed
+    early (from a stalled source, that waits at most the proxy's stall timeout).
 
     Raises:
         FileExistsError: ``dest`` is not empty.
@@ -449,11 +454,12 @@ async def unpack_async(
 ) -> UnpackResult:
     """The asyncio twin of :func:`unpack`, with the same arguments and rules.
 
-    The extraction (decompression, hashing, file system calls) runs in a worker
-    thread through :func:`asyncio.to_thread`, so the event loop stays free. Without
-    ``proxy`` the whole unpack, with its own blocking proxy, runs in that thread;
-    with an open :class:`AsyncImageProxy` its requests are made on the loop and the
-    worker reads each blob through it. Cancelling the task stops the worker at the
+    The extraction (decompression, hashing, file system calls) runs in worker
+    threads, so the event loop stays free. Without ``proxy`` the whole unpack, with
+    its own blocking proxy, runs in a thread of :func:`asyncio.to_thread`; with an
+    open :class:`AsyncImageProxy` its requests are made on the loop, the reader
+    thread reads each blob through it and each layer is applied in a thread of
+    :func:`asyncio.to_thread`. Cancelling the task stops the worker at the
     next tar entry and empties ``dest`` before the cancellation goes on. ``progress``
     is called from the worker thread when there is no ``proxy``.
     """
