@@ -24,7 +24,7 @@ from ._unpack_tree import RootfsWriter, _Stopped, discard_tree
 from ._unpack_types import Compression, LayerResult, UnpackLimits, UnpackResult
 from .config import ImageProxyConfig
 from .errors import InvalidDocumentError
-from .oci import Descriptor, Digest, ImageConfiguration, ImageManifest
+from .oci import Descriptor, Digest, Hasher, ImageConfiguration, ImageManifest
 
 __all__ = ["unpack", "unpack_async"]
 
@@ -74,61 +74,125 @@ class _Closed(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _End:
-    """The end of a layer, verified by the reader thread."""
+    """The end of a layer: what the reader found, and the hasher of its chunks."""
 
     compression: Compression
     bytes_read: int
+    hasher: Hasher
+
+
+class _Chunk:
+    """A piece of a layer's tar, on its way to the writer and to the layer's hasher."""
+
+    __slots__ = ("data", "hasher", "pending")
+
+    def __init__(self, data: bytes, hasher: Hasher) -> None:
+        self.data = data
+        self.hasher = hasher
+        self.pending = 2  # to be taken by the writer, and hashed
 
 
 class _Chunks:
-    """A bounded queue of decompressed chunks from the reader thread to the writer.
+    """A bounded queue of decompressed chunks from the reader thread to the writer,
+    and their hashing, shared by the two threads.
 
-    Holds about ``limit`` bytes at most (one chunk more when a single chunk is
-    larger). After :meth:`close` a put raises :class:`_Closed`.
+    Every chunk is hashed once, in order, by whichever thread would otherwise wait:
+    the reader when the queue is full (the writer is the slower, e.g. with a fast
+    inflater or many small files), the writer when it is empty (decompression is
+    the slower). Chunks not both taken and hashed hold about ``limit`` bytes at most
+    (one chunk more). After :meth:`close` a put raises :class:`_Closed`.
     """
 
     def __init__(self, limit: int) -> None:
-        self._items: deque[bytes | _End | BaseException] = deque()
+        self._items: deque[_Chunk | _End | BaseException] = deque()
+        self._unhashed: deque[_Chunk] = deque()
+        self._hashing: _Chunk | None = None
         self._held = 0
         self._limit = limit
         self._closed = False
-        lock = threading.Lock()
-        self._readable = threading.Condition(lock)
-        self._writable = threading.Condition(lock)
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
 
-    def put(self, item: bytes | _End | BaseException) -> None:
-        with self._writable:
-            while self._held >= self._limit and not self._closed:
-                self._writable.wait()
+    def _release(self, chunk: _Chunk) -> None:
+        chunk.pending -= 1
+        if not chunk.pending:
+            self._held -= len(chunk.data)
+
+    def _hash_one(self) -> bool:
+        """Hash the oldest chunk not hashed yet, unless another thread is hashing;
+        whether it did. Called, and returns, with the lock held."""
+        if self._hashing is not None or not self._unhashed:
+            return False
+        chunk = self._hashing = self._unhashed.popleft()
+        self._lock.release()
+        try:
+            chunk.hasher.update(chunk.data)  # without the GIL (hashlib) or the lock
+        finally:
+            self._lock.acquire()
+            self._hashing = None
+            self._release(chunk)
+            self._changed.notify_all()
+        return True
+
+    def put_chunk(self, data: bytes, hasher: Hasher) -> None:
+        """Queue a chunk of the layer that ``hasher`` hashes; waits (hashing) while full."""
+        with self._lock:
+            while not self._closed and self._held >= self._limit:
+                if not self._hash_one():
+                    self._changed.wait()
+            if self._closed:
+                raise _Closed
+            chunk = _Chunk(data, hasher)
+            self._items.append(chunk)
+            self._unhashed.append(chunk)
+            self._held += len(data)
+            self._changed.notify_all()
+
+    def put(self, item: _End | BaseException) -> None:
+        """Queue the end of a layer, or the failure that stopped the reader."""
+        with self._lock:
             if self._closed:
                 raise _Closed
             self._items.append(item)
-            if isinstance(item, bytes):
-                self._held += len(item)
-            self._readable.notify()
+            self._changed.notify_all()
 
     def get(self) -> bytes | _End | BaseException:
-        with self._readable:
+        """The next item, waiting (hashing) while there is none."""
+        with self._lock:
             while not self._items:
-                self._readable.wait()
+                if not self._hash_one():
+                    self._changed.wait()
             item = self._items.popleft()
-            if isinstance(item, bytes):
-                self._held -= len(item)
-                self._writable.notify()
-            return item
+            if not isinstance(item, _Chunk):
+                return item
+            self._release(item)
+            self._changed.notify_all()
+            return item.data
+
+    def hash_all(self, hasher: Hasher) -> None:
+        """Finish hashing the chunks of the layer that ``hasher`` hashes."""
+        with self._lock:
+            while True:
+                if self._unhashed and self._unhashed[0].hasher is hasher:
+                    if self._hash_one():
+                        continue
+                elif self._hashing is None or self._hashing.hasher is not hasher:
+                    return
+                self._changed.wait()
 
     def close(self) -> None:
-        with self._readable:
+        """Drop what is queued; the reader's next put raises :class:`_Closed`."""
+        with self._lock:
             self._closed = True
             self._items.clear()
+            self._unhashed.clear()
             self._held = 0
-            self._writable.notify_all()
+            self._changed.notify_all()
 
 
 class _Decompressed(LayerStream):
-    """A LayerStream for the reader thread: the writer's thread hashes the bytes and
-    checks the diff_id (see _Prefetched), which balances the work of the two threads
-    (decompression is the slower half)."""
+    """A LayerStream for the reader thread: the bytes are hashed as they pass
+    through :class:`_Chunks`, and the writer's thread checks the diff_id."""
 
     def _hash(self, data: bytes) -> None:
         pass
@@ -138,11 +202,11 @@ class _Decompressed(LayerStream):
 
 
 class _Prefetched:
-    """One layer's tar, as the reader thread decompressed it, verified as it is read.
+    """One layer's tar, as the reader thread decompressed it, verified at its end.
 
-    What the writer applies: the bytes are hashed here, and the read that reaches
-    the end checks the diff_id; reading raises whatever the reader met (a corrupt
-    blob, a limit...) at the point where it met it.
+    What the writer applies: the read that reaches the end checks the diff_id;
+    reading raises whatever the reader met (a corrupt blob, a limit...) at the
+    point where it met it.
     """
 
     def __init__(self, chunks: _Chunks, diff_id: Digest) -> None:
@@ -151,7 +215,6 @@ class _Prefetched:
         self.bytes_read = 0
         self.verified = False
         self._chunks = chunks
-        self._hasher = diff_id.hasher()
         self._rest = b""
         self._failure: BaseException | None = None
 
@@ -164,22 +227,21 @@ class _Prefetched:
             return b""
         else:
             item = self._chunks.get()
-            if isinstance(item, bytes):
-                self._hasher.update(item)
-                data = item
-            elif isinstance(item, _End):
+            if isinstance(item, _End):
                 self.compression = item.compression
                 self.bytes_read = item.bytes_read
                 try:
-                    check_diff_id(self.diff_id, self._hasher, self.bytes_read)
+                    self._chunks.hash_all(item.hasher)
+                    check_diff_id(self.diff_id, item.hasher, self.bytes_read)
                 except BaseException as exc:
                     self._failure = exc
                     raise
                 self.verified = True
                 return b""
-            else:
+            if isinstance(item, BaseException):
                 self._failure = item
                 raise item
+            data = item
         if 0 <= size < len(data):
             self._rest = data[size:]
             return data[:size]
@@ -196,11 +258,12 @@ class _Reader:
 
     It runs ahead of the writer by up to ``_AHEAD`` bytes, into the next layer too
     (whose blob it opens as soon as the previous one is read), so that fetching and
-    decompression (zlib and zstd release the GIL) overlap the writer's tar parsing,
-    hashing and file system calls. :meth:`layer` hands each layer to the writer,
-    in order. Leaving the ``with`` block stops the thread and waits for it: a blob
-    it was reading is closed early (which waits for a stalled source as long as the
-    proxy's stall timeout lets a read wait).
+    decompression (zlib, ISA-L and zstd release the GIL) overlap the writer's tar
+    parsing and file system calls; the two share the hashing (see :class:`_Chunks`).
+    :meth:`layer` hands each layer to the writer, in order. Leaving the ``with``
+    block stops the thread and waits for it: a blob it was reading is closed early
+    (which waits for a stalled source as long as the proxy's stall timeout lets a
+    read wait).
     """
 
     def __init__(
@@ -250,10 +313,11 @@ class _Reader:
                         diff_id,
                         max_bytes=None if limit is None else max(0, limit - read),
                     )
+                    hasher = diff_id.hasher()
                     while data := stream.read(_CHUNK):
-                        chunks.put(data)
+                        chunks.put_chunk(data, hasher)
                 read += stream.bytes_read
-                chunks.put(_End(stream.compression, stream.bytes_read))
+                chunks.put(_End(stream.compression, stream.bytes_read, hasher))
         except _Closed:
             pass
         except BaseException as exc:  # handed to the writer, which raises it
