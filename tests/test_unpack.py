@@ -8,6 +8,7 @@ while a sentinel directory next to ``dest`` stays untouched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 import io
@@ -19,6 +20,7 @@ import sys
 import tarfile
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -58,6 +60,7 @@ from containers_image_proxy import (
     ClosedError,
     CompressionMismatchError,
     Descriptor,
+    Digest,
     ImageNotFoundError,
     ImageProxy,
     ImageProxyError,
@@ -72,6 +75,7 @@ from containers_image_proxy import (
     UnpackLimits,
     UnsafeLayerError,
     VerificationError,
+    _unpack,
     _unpack_stream,
     detect_compression,
     open_layer,
@@ -417,6 +421,63 @@ def test_writer_failure_stops_a_reader_that_is_ahead(proxy: ImageProxy, tmp_path
     assert not _reader_threads()
     with proxy.open_image(image.ref) as opened:  # the proxy is still usable
         assert proxy.fetch_config(opened).rootfs.diff_ids == tuple(image.diff_ids)
+
+
+class _SlowReader:
+    def __init__(self, data: bytes, delay: float) -> None:
+        self._file = io.BytesIO(data)
+        self._delay = delay
+
+    def read(self, size: int = -1, /) -> bytes:
+        time.sleep(self._delay)
+        return self._file.read(size)
+
+
+@pytest.mark.parametrize("slower", ["reader", "writer"])
+def test_pipeline_shares_the_hashing(monkeypatch: pytest.MonkeyPatch, slower: str) -> None:
+    """Every chunk is hashed once, in order, by the thread that would otherwise wait;
+    a corrupt layer fails at its end either way."""
+    monkeypatch.setattr(_unpack, "_AHEAD", 256 << 10)
+    tars = [tar_bytes([file("f", hashlib.shake_256(b"%d" % n).digest(3 << 20))]) for n in range(3)]
+    blobs = {sha256(tar): tar for tar in tars}
+    diff_ids = [Digest(sha256(tar)) for tar in tars]
+    diff_ids[2] = Digest(sha256(b"something else"))
+    layers = [
+        (Descriptor(OCI_LAYER_TAR, Digest(sha256(tar)), len(tar)), diff_id)
+        for tar, diff_id in zip(tars, diff_ids, strict=True)
+    ]
+    hashed_by: list[str] = []
+    hash_one = _unpack._Chunks._hash_one
+
+    def recording(chunks: _unpack._Chunks) -> bool:
+        done = hash_one(chunks)
+        if done:
+            hashed_by.append(threading.current_thread().name)
+        return done
+
+    monkeypatch.setattr(_unpack._Chunks, "_hash_one", recording)
+
+    @contextlib.contextmanager
+    def opener(descriptor: Descriptor) -> Iterator[object]:
+        data = blobs[str(descriptor.digest)]
+        yield _SlowReader(data, 0.004) if slower == "reader" else io.BytesIO(data)
+
+    with _unpack._Reader(opener, layers, None) as reader:
+        for index, (tar, diff_id) in enumerate(zip(tars, diff_ids, strict=True)):
+            stream = reader.layer(diff_id)
+            pieces = []
+            try:
+                while piece := stream.read(64 << 10):
+                    pieces.append(piece)
+                    if slower == "writer":
+                        time.sleep(0.002)
+            except VerificationError:
+                assert index == 2
+                break
+            assert b"".join(pieces) == tar and stream.verified and index < 2
+    assert not _reader_threads()
+    busy = "MainThread" if slower == "reader" else "unpack-reader"
+    assert hashed_by.count(busy) > len(hashed_by) // 2
 
 
 # --------------------------------------------------------------------------- layer API
