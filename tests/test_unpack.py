@@ -574,11 +574,11 @@ def test_detect_compression(media_type: str, blob: bytes, expected: object) -> N
 
 @pytest.fixture(params=["isal", "zlib"])
 def inflater(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Gzip layers read with ISA-L's inflate (the "fast" extra) or with zlib's."""
+    """Gzip layers read with ISA-L's inflate (isal) or with zlib's (the fallback)."""
     if request.param == "zlib":
         monkeypatch.setattr(_unpack_stream, "_inflater", _unpack_stream._zlib_inflater)
     elif _unpack_stream._inflater is _unpack_stream._zlib_inflater:
-        pytest.skip("isal is not installed (the fast extra)")
+        pytest.skip("isal is not installed")
     return str(request.param)
 
 

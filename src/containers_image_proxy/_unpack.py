@@ -392,13 +392,13 @@ def unpack(
 
     ``dest`` must be missing (it is created) or empty. Layers stream straight from
     the proxy, in order, with no temporary copy: a reader thread fetches and
-    decompresses them (ISA-L's inflate for gzip when the ``fast`` extra is
-    installed, else zlib's), at most 16 MiB ahead and into the next layer's blob,
-    while the calling thread hashes each layer's tar against its diff_id and
-    applies it with the OCI layer rules (whiteouts, opaque directories) through a
-    :class:`RootfsWriter`, which anchors every operation at directory descriptors
-    and never follows a symlink that a layer planted. An open ``proxy`` may be
-    given to reuse it (``config`` is then ignored). ``limits`` bound sizes and
+    decompresses them (gzip with ISA-L's inflate, zstd with libzstd), at most 16 MiB
+    ahead and into the next layer's blob, while the calling thread checks each
+    layer's tar against its diff_id and applies it with the OCI layer rules
+    (whiteouts, opaque directories) through a :class:`RootfsWriter`, which anchors
+    every operation at directory descriptors and never follows a symlink that a
+    layer planted. An open ``proxy`` may be given to reuse it (``config`` is then
+    ignored). ``limits`` bound sizes and
     counts (:class:`UnpackLimits`); ``rootless`` (default: not running as root)
     leaves ownership alone and skips device nodes. ``progress`` is called with each
     layer's :class:`LayerResult`, in order, once the layer is applied and verified.

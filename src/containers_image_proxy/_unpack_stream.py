@@ -164,9 +164,9 @@ def _zlib_inflater() -> _Inflater:
     return zlib.decompressobj(31)
 
 
-try:  # ISA-L's inflate, about twice as fast as zlib's, when installed (the "fast" extra)
+try:  # ISA-L's inflate (a dependency), about twice as fast as zlib's
     from isal import isal_zlib
-except ImportError:  # pragma: no cover - depends on the environment
+except ImportError:  # pragma: no cover - isal missing or broken: zlib's, slower
     _inflater: Callable[[], _Inflater] = _zlib_inflater
     _INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error,)
 else:
@@ -180,7 +180,7 @@ else:
 
 class _Gzip:
     """Multi-member gzip, with bounded output per call and the trailers (CRC-32 and
-    size) checked by the inflater: ISA-L's when installed, else zlib's."""
+    size) checked by the inflater: ISA-L's, or zlib's without isal."""
 
     def __init__(self, source: _Readable, prefix: bytes) -> None:
         self._source = source
