@@ -398,10 +398,10 @@ def unpack(
     (whiteouts, opaque directories) through a :class:`RootfsWriter`, which anchors
     every operation at directory descriptors and never follows a symlink that a
     layer planted. An open ``proxy`` may be given to reuse it (``config`` is then
-    ignored). ``limits`` bound sizes and
-    counts (:class:`UnpackLimits`); ``rootless`` (default: not running as root)
-    leaves ownership alone and skips device nodes. ``progress`` is called with each
-    layer's :class:`LayerResult`, in order, once the layer is applied and verified.
+    ignored). ``limits`` bound sizes and counts (:class:`UnpackLimits`);
+    ``rootless`` (default: not running as root) leaves ownership alone and skips
+    device nodes. ``progress`` is called with each layer's :class:`LayerResult`, in
+    order, once the layer is applied and verified.
 
     On any failure ``dest`` is emptied (and removed if this call created it), and
     the reader thread is stopped and waited for; a blob it was reading is closed
