@@ -448,7 +448,6 @@ class RootfsWriter:
                     raise LayerFormatError(f"malformed tar header at offset {tar.offset}: {end}")
         compression: Compression = "none"
         diff_id = None
-        total = source.count
         if isinstance(stream, _Verifying):
             stream.finish()
             compression = stream.compression
@@ -950,25 +949,21 @@ class _Source:
         self._skip(offset - self._pos)
         return self._pos
 
-    def _skip(self, count: int) -> int:
-        skipped = 0
-        while skipped < count:
+    def _skip(self, count: int) -> None:
+        while count:
             available = len(self._chunk) - self._at
             if not available:
                 if not self._more():
-                    break
+                    return
                 continue
-            take = min(available, count - skipped)
+            take = min(available, count)
             self._at += take
             self._pos += take
-            skipped += take
-        return skipped
+            count -= take
 
     def skip_to_end(self) -> None:
         """Read (and count) whatever is left."""
-        while self._more():
-            self._pos += len(self._chunk)
-            self._at = len(self._chunk)
+        self._skip(1 << 62)
 
     def copy_to(self, fd: int, count: int) -> int:
         """Write the next ``count`` bytes to ``fd``; how many there were (fewer at the end)."""
