@@ -8,6 +8,7 @@ while a sentinel directory next to ``dest`` stays untouched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 import io
@@ -18,6 +19,8 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -41,6 +44,8 @@ from hostile_layers import (
     whiteout,
     without_end,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from images import (
     OCI_LAYER_GZIP,
     OCI_LAYER_TAR,
@@ -52,9 +57,12 @@ from treediff import Snapshot, diff, snapshot
 
 from containers_image_proxy import (
     AsyncImageProxy,
+    Blob,
     BlobVerificationError,
     ClosedError,
     CompressionMismatchError,
+    Descriptor,
+    Digest,
     ImageNotFoundError,
     ImageProxy,
     ImageProxyError,
@@ -63,17 +71,21 @@ from containers_image_proxy import (
     LayerResult,
     LayerStream,
     LimitExceededError,
+    OpenedImage,
     RootfsWriter,
     TarTrailerError,
     UnpackError,
     UnpackLimits,
     UnsafeLayerError,
     VerificationError,
+    _unpack,
+    _unpack_stream,
     detect_compression,
     open_layer,
     unpack,
     unpack_async,
 )
+from containers_image_proxy._unpack_tree import _Info
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -308,14 +320,167 @@ async def test_unpack_async_cancelled(skopeo: str, tmp_path: Path) -> None:
             with pytest.raises(asyncio.CancelledError):
                 await task
         assert not dest.exists()
+        assert not _reader_threads()
 
 
 async def test_unpack_async_errors_clean_up(skopeo: str, tmp_path: Path) -> None:
     image = build(tmp_path / "img", layer(file("ok"), file("../escape")))
+    corrupt = build(
+        tmp_path / "corrupt",
+        layer(file("ok")),
+        TarLayer({}, "gzip", entries=(file("a"),), stored=compress(tar_bytes([file("b")]), "gzip")),
+    )
     async with AsyncImageProxy() as proxy:
         with pytest.raises(UnsafeLayerError):
             await unpack_async(image.ref, tmp_path / "dest", proxy=proxy)
+        with pytest.raises(VerificationError):  # met by the reader thread
+            await unpack_async(corrupt.ref, tmp_path / "dest", proxy=proxy)
+        assert proxy.protocol_version  # still usable
     assert not (tmp_path / "dest").exists()
+    assert not _reader_threads()
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def _reader_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "unpack-reader"]
+
+
+class _RecordingProxy(ImageProxy):
+    """A proxy that notes which layer blobs were opened, and when."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened: list[str] = []
+        self.opened_event = threading.Condition()
+
+    def get_descriptor(self, image: OpenedImage, descriptor: Descriptor) -> Blob:
+        with self.opened_event:
+            self.opened.append(str(descriptor.digest))
+            self.opened_event.notify_all()
+        return super().get_descriptor(image, descriptor)
+
+
+def test_next_layer_is_fetched_while_one_is_applied(skopeo: str, tmp_path: Path) -> None:
+    image = build(
+        tmp_path / "img",
+        *[layer(*[file(f"l{n}/f{i}", b"x" * 300) for i in range(50)]) for n in range(3)],
+    )
+    digests = [digest for digest, _, _, _ in image.layers]
+    waited: list[bool] = []
+
+    def progress(result: LayerResult) -> None:
+        # Layer n is applied: the reader has (or soon has) opened layer n + 1 already,
+        # without waiting for this callback to return.
+        index = len(waited)
+        if index + 1 < len(digests):
+            with proxy.opened_event:
+                waited.append(
+                    proxy.opened_event.wait_for(lambda: len(proxy.opened) > index + 1, 10)
+                )
+
+    with _RecordingProxy() as proxy:
+        result = unpack(image.ref, tmp_path / "dest", proxy=proxy, progress=progress)
+    assert waited == [True, True]
+    assert proxy.opened == digests
+    assert [layer.diff_id for layer in result.layers] == list(image.diff_ids)
+    assert not _reader_threads()
+
+
+def test_reader_failure_in_a_later_layer(proxy: ImageProxy, tmp_path: Path) -> None:
+    """A layer that fails verification stops the unpack when the writer reaches it,
+    even though the reader met the failure while an earlier layer was being applied."""
+    good = layer(*[file(f"f{i}", b"y" * 1000) for i in range(200)])
+    bad = TarLayer(
+        {}, "gzip", entries=(file("a"),), stored=compress(tar_bytes([file("b")]), "gzip")
+    )
+    mislabelled = layer(file("c"), compression="gzip", label=OCI_LAYER_ZSTD)
+    for index, (broken, error) in enumerate(
+        [(bad, VerificationError), (mislabelled, CompressionMismatchError)]
+    ):
+        image = build(tmp_path / f"img{index}", good, broken, layer(file("z")))
+        applied: list[LayerResult] = []
+        with pytest.raises(error):
+            unpack(image.ref, tmp_path / f"dest{index}", proxy=proxy, progress=applied.append)
+        assert len(applied) == 1  # the good layer went through first
+        assert not (tmp_path / f"dest{index}").exists()
+        assert not _reader_threads()
+    # The proxy is still usable: the reader closed what it had open.
+    assert proxy.fetch_manifest(proxy.open_image(image.ref))[1].layers
+
+
+def test_writer_failure_stops_a_reader_that_is_ahead(proxy: ImageProxy, tmp_path: Path) -> None:
+    """The writer fails at the first entry while the reader waits on a full queue."""
+    payload = hashlib.shake_256(b"incompressible").digest(1 << 20)
+    image = build(
+        tmp_path / "img",
+        layer(file("../escape"), *[file(f"big{i}", payload) for i in range(40)]),
+        layer(*[file(f"more{i}", payload) for i in range(8)]),
+    )
+    with pytest.raises(UnsafeLayerError):
+        unpack(image.ref, tmp_path / "dest", proxy=proxy)
+    assert not (tmp_path / "dest").exists()
+    assert not _reader_threads()
+    with proxy.open_image(image.ref) as opened:  # the proxy is still usable
+        assert proxy.fetch_config(opened).rootfs.diff_ids == tuple(image.diff_ids)
+
+
+class _SlowReader:
+    def __init__(self, data: bytes, delay: float) -> None:
+        self._file = io.BytesIO(data)
+        self._delay = delay
+
+    def read(self, size: int = -1, /) -> bytes:
+        time.sleep(self._delay)
+        return self._file.read(size)
+
+
+@pytest.mark.parametrize("slower", ["reader", "writer"])
+def test_pipeline_shares_the_hashing(monkeypatch: pytest.MonkeyPatch, slower: str) -> None:
+    """Every chunk is hashed once, in order, by the thread that would otherwise wait;
+    a corrupt layer fails at its end either way."""
+    monkeypatch.setattr(_unpack, "_AHEAD", 256 << 10)
+    tars = [tar_bytes([file("f", hashlib.shake_256(b"%d" % n).digest(3 << 20))]) for n in range(3)]
+    blobs = {sha256(tar): tar for tar in tars}
+    diff_ids = [Digest(sha256(tar)) for tar in tars]
+    diff_ids[2] = Digest(sha256(b"something else"))
+    layers = [
+        (Descriptor(OCI_LAYER_TAR, Digest(sha256(tar)), len(tar)), diff_id)
+        for tar, diff_id in zip(tars, diff_ids, strict=True)
+    ]
+    hashed_by: list[str] = []
+    hash_one = _unpack._Chunks._hash_one
+
+    def recording(chunks: _unpack._Chunks) -> bool:
+        done = hash_one(chunks)
+        if done:
+            hashed_by.append(threading.current_thread().name)
+        return done
+
+    monkeypatch.setattr(_unpack._Chunks, "_hash_one", recording)
+
+    @contextlib.contextmanager
+    def opener(descriptor: Descriptor) -> Iterator[object]:
+        data = blobs[str(descriptor.digest)]
+        yield _SlowReader(data, 0.004) if slower == "reader" else io.BytesIO(data)
+
+    with _unpack._Reader(opener, layers, None) as reader:
+        for index, (tar, diff_id) in enumerate(zip(tars, diff_ids, strict=True)):
+            stream = reader.layer(diff_id)
+            pieces = []
+            try:
+                while piece := stream.read(64 << 10):
+                    pieces.append(piece)
+                    if slower == "writer":
+                        time.sleep(0.002)
+            except VerificationError:
+                assert index == 2
+                break
+            assert b"".join(pieces) == tar and stream.verified and index < 2
+    assert not _reader_threads()
+    busy = "MainThread" if slower == "reader" else "unpack-reader"
+    assert hashed_by.count(busy) > len(hashed_by) // 2
 
 
 # --------------------------------------------------------------------------- layer API
@@ -410,7 +575,23 @@ def test_detect_compression(media_type: str, blob: bytes, expected: object) -> N
             LayerStream(io.BytesIO(blob), media_type, sha256(TAR))
 
 
-def test_layer_stream_edge_cases() -> None:
+@pytest.fixture(params=["isal", "zlib"])
+def inflater(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Gzip layers read with ISA-L's inflate (isal) or with zlib's (the fallback)."""
+    if request.param == "zlib":
+        monkeypatch.setattr(_unpack_stream, "_inflater", _unpack_stream._zlib_inflater)
+    elif _unpack_stream._inflater is _unpack_stream._zlib_inflater:
+        pytest.skip("isal is not installed")
+    return str(request.param)
+
+
+def _gzip_with(data: bytes, offset: int, flip: int) -> bytes:
+    blob = bytearray(gzip.compress(data, mtime=0))
+    blob[offset] ^= flip
+    return bytes(blob)
+
+
+def test_layer_stream_edge_cases(inflater: str) -> None:
     digest = sha256(TAR)
     # Several gzip members, then zero padding: one tar.
     halves = gzip.compress(TAR[:700], mtime=0) + gzip.compress(TAR[700:], mtime=0) + bytes(99)
@@ -432,7 +613,11 @@ def test_layer_stream_edge_cases() -> None:
     failures: list[tuple[bytes, str, type[Exception], str]] = [
         (compress(TAR, "gzip") + b"garbage", OCI_LAYER_GZIP, LayerFormatError, "not gzip"),
         (compress(TAR, "gzip")[:-30], OCI_LAYER_GZIP, LayerFormatError, "ends in the middle"),
-        (compress(TAR, "gzip")[:40] + bytes(200), OCI_LAYER_GZIP, LayerFormatError, "invalid"),
+        # Corrupt data: zlib says so at once, ISA-L reads on and finds the stream short.
+        (compress(TAR, "gzip")[:40] + bytes(200), OCI_LAYER_GZIP, LayerFormatError, "invalid|ends"),
+        (_gzip_with(TAR, -8, 1), OCI_LAYER_GZIP, LayerFormatError, "invalid"),  # CRC-32
+        (_gzip_with(TAR, -1, 1), OCI_LAYER_GZIP, LayerFormatError, "invalid"),  # size
+        (_gzip_with(TAR, 2, 7), OCI_LAYER_GZIP, LayerFormatError, "invalid"),  # method
         (compress(TAR, "zstd") + b"garbage!", OCI_LAYER_ZSTD, LayerFormatError, "zstd"),
         (TAR + b"x", OCI_LAYER_TAR, VerificationError, "diff_id mismatch"),
     ]
@@ -675,6 +860,115 @@ def test_umoci_refuses_or_hides_entries_after_a_zero_block(
             assert sorted(os.listdir(bundle / "rootfs")) == ["a"]  # "hidden" is hidden
         with pytest.raises(TarTrailerError):
             unpack(image.ref, tmp_path / f"ours{blocks}")
+
+
+_HEADER_FIELDS = (
+    "name", "mode", "uid", "gid", "size", "mtime", "chksum", "type", "linkname",
+    "uname", "gname", "devmajor", "devminor",
+)  # fmt: skip
+#: Where a header's text fields are.
+_TEXT_FIELDS = {"name": (0, 100), "linkname": (157, 257), "uname": (265, 297),
+                "gname": (297, 329), "prefix": (345, 500)}  # fmt: skip
+#: Where the header's fields start (and a few places just inside them).
+_FIELD_STARTS = [0, 99, 100, 107, 108, 116, 124, 135, 136, 148, 154, 155, 156, 157, 257, 263,
+                 265, 297, 329, 336, 337, 344, 345, 386, 482, 483, 500]  # fmt: skip
+_KINDS = st.sampled_from(
+    [tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE,
+     tarfile.CHRTYPE, tarfile.FIFOTYPE, tarfile.GNUTYPE_SPARSE, tarfile.GNUTYPE_LONGNAME,
+     tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, b"x"]
+)  # fmt: skip
+
+
+def _parse_header(cls: type[tarfile.TarInfo], block: bytes) -> object:
+    try:
+        info = cls.frombuf(block, "utf-8", "surrogateescape")
+    except Exception as exc:  # the same failure is expected from both parsers
+        return (type(exc), str(exc))
+    return {name: getattr(info, name) for name in _HEADER_FIELDS} | {
+        "sparse": getattr(info, "_sparse_structs", None)
+    }
+
+
+def _with_checksum(block: bytearray, style: int, *, off: int = 0) -> bytes:
+    block[148:156] = b" " * 8
+    total = sum(block) + off
+    block[148:156] = b"%06o\0 " % total if style == 0 else b"%07o\0" % total
+    return bytes(block)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    kind=_KINDS,
+    numbers=st.tuples(*[st.integers(0, 0o7777777)] * 3, *[st.integers(0, 8**11 - 1)] * 2),
+    devices=st.tuples(st.integers(0, 0o7777777), st.integers(0, 0o7777777)),
+    fmt=st.sampled_from([tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT]),
+    texts=st.dictionaries(st.sampled_from(list(_TEXT_FIELDS)), st.binary(max_size=155)),
+    edits=st.lists(
+        st.tuples(
+            st.one_of(st.integers(0, 511), st.sampled_from(_FIELD_STARTS)),
+            st.binary(min_size=1, max_size=3),
+            st.sampled_from([1, 1, 2, 60, 200]),  # repeated: long runs of odd bytes too
+        ),
+        max_size=3,
+    ),
+    style=st.sampled_from([0, 1, None]),
+)
+def test_header_fast_path_parses_as_tarfile(
+    kind: bytes,
+    numbers: tuple[int, int, int, int, int],
+    devices: tuple[int, int],
+    fmt: int,
+    texts: dict[str, bytes],
+    edits: list[tuple[int, bytes, int]],
+    style: int | None,
+) -> None:
+    """The writer's header parser gives exactly what tarfile's gives, or fails the same way."""
+    info = tarfile.TarInfo("x")
+    info.type = kind
+    info.mode, info.uid, info.gid, info.size, info.mtime = numbers
+    info.devmajor, info.devminor = devices
+    if kind not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+        info.size = 0
+    block = bytearray(info.tobuf(fmt, "utf-8", "surrogateescape")[-512:])
+    for field, data in texts.items():
+        start, end = _TEXT_FIELDS[field]
+        block[start:end] = data[: end - start].ljust(end - start, b"\0")
+    for offset, data, repeat in edits:  # odd bytes anywhere; then (maybe) a checksum that fits
+        block[offset : offset + len(data) * repeat] = data * repeat
+        del block[512:]
+    buf = _with_checksum(block, style) if style is not None else bytes(block)
+    assert _parse_header(_Info, buf) == _parse_header(tarfile.TarInfo, buf)
+
+
+def test_header_fast_path_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Headers as tar writers make them skip tarfile's slower parse."""
+    high = bytearray(tarfile.TarInfo("x").tobuf(tarfile.USTAR_FORMAT))
+    for start, end in _TEXT_FIELDS.values():  # non-zero bytes summing past 65521
+        block_end = end - 1
+        high[start:block_end] = b"\xff" * (block_end - start)
+    blocks = [
+        tarfile.TarInfo("a/b").tobuf(tarfile.USTAR_FORMAT),
+        tarfile.TarInfo("d/" * 60).tobuf(tarfile.GNU_FORMAT)[-512:],
+        _with_checksum(bytearray(tarfile.TarInfo("x").tobuf(tarfile.USTAR_FORMAT)), 1),
+        _with_checksum(high, 0),
+    ]
+    expected = [_parse_header(tarfile.TarInfo, block) for block in blocks]
+    slow: list[bytes] = []
+    parse = tarfile.TarInfo.frombuf.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[tarfile.TarInfo], buf: bytes, encoding: str, errors: str) -> object:
+        slow.append(buf)
+        return parse(cls, buf, encoding, errors)
+
+    monkeypatch.setattr(tarfile.TarInfo, "frombuf", classmethod(counted))
+    assert [_parse_header(_Info, block) for block in blocks] == expected
+    assert slow == []
+    odd = bytearray(blocks[0])
+    odd[100:108] = b"   644 \0"  # space-padded: tarfile's parse
+    assert isinstance(_parse_header(_Info, _with_checksum(odd, 0)), dict) and len(slow) == 1
+    # A checksum off by adler32's modulus is still a bad checksum.
+    bad = _with_checksum(high, 0, off=-65521)
+    assert _parse_header(_Info, bad) == (tarfile.InvalidHeaderError, "bad checksum")
 
 
 # --------------------------------------------------------------------------- hostile layers

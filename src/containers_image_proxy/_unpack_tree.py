@@ -20,17 +20,19 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import stat
 import tarfile
 import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self, cast
+from typing import IO, TYPE_CHECKING, Protocol, Self, cast, runtime_checkable
 
-from ._unpack_stream import LayerStream, check_tar_trailer
+from ._unpack_stream import check_tar_trailer
 from ._unpack_types import (
     LayerFormatError,
     LayerResult,
@@ -39,7 +41,7 @@ from ._unpack_types import (
     UnsafeLayerError,
 )
 from .errors import ClosedError
-from .oci import Descriptor
+from .oci import Descriptor, Digest
 
 if TYPE_CHECKING:
     from ._unpack_types import Compression
@@ -52,7 +54,6 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CACHE_SIZE = 128
 _COPY = 1 << 20
-_TAR_BUFSIZE = 64 * 1024
 _NS = 1_000_000_000
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
@@ -81,6 +82,42 @@ class _Readable(Protocol):
     def read(self, size: int, /) -> bytes: ...
 
 
+#: The numbers of a tar header from mode to checksum (offsets 100 to 156) as tar
+#: writers put them: zero-padded octal ending in a NUL, the checksum also as six
+#: digits, a NUL and a space.
+_PLAIN = re.compile(
+    rb"([0-7]{7})\0([0-7]{7})\0([0-7]{7})\0([0-7]{11})\0([0-7]{11})\0([0-7]{6}[0-7\0])[\0 ]"
+)
+#: The device numbers (offsets 329 to 345): zero-padded octal, or all NULs.
+_DEVICES = re.compile(rb"(?:\0{8}|([0-7]{7})\0)(?:\0{8}|([0-7]{7})\0)")
+
+
+def _unsigned_checksum(buf: bytes | bytearray) -> int:
+    """The header checksum tar writers compute: the unsigned sum of the block's
+    bytes with the checksum field counted as eight spaces."""
+    field = sum(buf[148:156])
+    if buf.count(0) >= 256:
+        # At most 256 non-zero bytes sum to less than adler32's modulus (65521):
+        # its low half is then one more than the sum, computed in C.
+        return (zlib.adler32(buf) & 0xFFFF) - 1 - field + 256
+    return sum(buf) - field + 256
+
+
+@runtime_checkable
+class _Verifying(Protocol):
+    """A layer's tar stream that verifies itself at its end: a LayerStream, or the
+    unpack pipeline's view of one that a reader thread decompresses."""
+
+    @property
+    def compression(self) -> Compression: ...
+    @property
+    def diff_id(self) -> Digest: ...
+    @property
+    def bytes_read(self) -> int: ...
+    def read(self, size: int, /) -> bytes: ...
+    def finish(self) -> None: ...
+
+
 class _Stopped(Exception):
     """The unpack was cancelled from another thread."""
 
@@ -89,6 +126,45 @@ class _Info(tarfile.TarInfo):
     """TarInfo that bounds extended headers and remembers why the archive ended."""
 
     max_header = 1 << 20
+
+    @classmethod
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+        """Parse a header block: tarfile's parse, with a fast path for common headers.
+
+        The fast path takes a block whose numbers are zero-padded octal as tar
+        writers put them (see _PLAIN), with a valid unsigned checksum and no old GNU
+        sparse map, and gives what tarfile would; anything else goes to tarfile.
+        """
+        plain = _PLAIN.match(buf, 100) if len(buf) == tarfile.BLOCKSIZE else None
+        devices = _DEVICES.match(buf, 329) if plain is not None else None
+        if devices is not None and buf[156:157] != tarfile.GNUTYPE_SPARSE:
+            assert plain is not None
+            mode, uid, gid, size, mtime, chksum = plain.groups()
+            if int(chksum.rstrip(b"\0"), 8) == _unsigned_checksum(buf):
+                obj = cls()
+                obj.name = name = buf[0:100].split(b"\0", 1)[0].decode(encoding, errors)
+                obj.mode = int(mode, 8)
+                obj.uid = int(uid, 8)
+                obj.gid = int(gid, 8)
+                obj.size = int(size, 8)
+                obj.mtime = int(mtime, 8)
+                obj.chksum = int(chksum.rstrip(b"\0"), 8)
+                obj.type = kind = cast("bytes", buf[156:157])
+                obj.linkname = buf[157:257].split(b"\0", 1)[0].decode(encoding, errors)
+                obj.uname = buf[265:297].split(b"\0", 1)[0].decode(encoding, errors)
+                obj.gname = buf[297:329].split(b"\0", 1)[0].decode(encoding, errors)
+                major, minor = devices.groups()
+                obj.devmajor = 0 if major is None else int(major, 8)
+                obj.devminor = 0 if minor is None else int(minor, 8)
+                prefix = buf[345:500].split(b"\0", 1)[0].decode(encoding, errors)
+                if kind == tarfile.AREGTYPE and name.endswith("/"):
+                    obj.type = kind = tarfile.DIRTYPE
+                if kind == tarfile.DIRTYPE:
+                    obj.name = name = name.rstrip("/")
+                if prefix and kind not in tarfile.GNU_TYPES:
+                    obj.name = prefix + "/" + name
+                return obj
+        return super().frombuf(buf, encoding, errors)
 
     @classmethod
     def fromtarfile(cls, tar: tarfile.TarFile) -> Self:
@@ -319,20 +395,22 @@ class RootfsWriter:
         """
         if self._root is None:
             raise ClosedError(f"the writer for {self.dest} is closed")
-        counter = _Counter(stream, self)
+        source = _Source(stream, self)
         self._touched = set()
         entries = 0
         try:
-            tar = tarfile.open(  # noqa: SIM115 (closed by the with below)
-                fileobj=counter,  # type: ignore[call-overload]
-                mode="r|",
+            # Random-access mode over a forward-only source: tarfile parses the
+            # headers, and file data goes from the stream's chunks to the files
+            # without passing through tarfile's buffer (see _Source).
+            tar = tarfile.TarFile(
+                fileobj=cast("IO[bytes]", source),
+                mode="r",
                 tarinfo=self._info,
-                bufsize=_TAR_BUFSIZE,
                 encoding="utf-8",
                 errors="surrogateescape",
             )
         except tarfile.ReadError as exc:
-            if counter.count != 0:
+            if source.count != 0:
                 raise LayerFormatError(f"not a tar stream: {exc}") from None
             tar = None  # an empty blob: an empty layer
         if tar is not None:
@@ -344,7 +422,7 @@ class RootfsWriter:
                         raise LayerFormatError(f"malformed tar stream: {exc}") from None
                     if member is None:
                         break
-                    tar.members.clear()
+                    tar.members.clear()  # type: ignore[attr-defined]
                     entries += 1
                     self.entries += 1
                     limit = self.limits.max_entries
@@ -373,15 +451,16 @@ class RootfsWriter:
                     check_tar_trailer(cast("_Readable", tar.fileobj).read, tar.offset)
         compression: Compression = "none"
         diff_id = None
-        if isinstance(stream, LayerStream):
+        if isinstance(stream, _Verifying):
             stream.finish()
             compression = stream.compression
             diff_id = stream.diff_id
+            total = stream.bytes_read
         else:
-            while counter.read(_COPY):
-                pass
+            source.skip_to_end()
+            total = source.count
         self._touched = set()
-        return LayerResult(descriptor, diff_id, compression, entries, counter.count)
+        return LayerResult(descriptor, diff_id, compression, entries, total)
 
     def _charge(self, count: int) -> None:
         self.bytes += count
@@ -626,19 +705,12 @@ class RootfsWriter:
             os.close(fd)
 
     def _copy(self, tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int) -> None:
-        source = tar.fileobj
-        assert source is not None
-        remaining = member.size
-        while remaining:
-            data = source.read(min(remaining, _COPY))
-            if not data:
-                raise LayerFormatError(f"{member.name!r}: the tar ends inside the file")
-            _write_all(fd, data)
-            remaining -= len(data)
+        source = cast("_Source", tar.fileobj)
+        if source.copy_to(fd, member.size) != member.size:
+            raise LayerFormatError(f"{member.name!r}: the tar ends inside the file")
 
     def _copy_sparse(self, tar: tarfile.TarFile, member: tarfile.TarInfo, fd: int) -> None:
-        source = tar.fileobj
-        assert source is not None
+        source = cast("_Source", tar.fileobj)
         sparse = cast("list[tuple[int, int]]", member.sparse or [])
         stored = tar.offset - member.offset_data
         if sum(length for _, length in sparse) > stored:
@@ -648,13 +720,8 @@ class RootfsWriter:
             if offset < 0 or length < 0 or offset + length > member.size:
                 raise LayerFormatError(f"{member.name!r}: a sparse map outside the file")
             os.lseek(fd, offset, os.SEEK_SET)
-            remaining = length
-            while remaining:
-                data = source.read(min(remaining, _COPY))
-                if not data:
-                    raise LayerFormatError(f"{member.name!r}: the tar ends inside the file")
-                _write_all(fd, data)
-                remaining -= len(data)
+            if source.copy_to(fd, length) != length:
+                raise LayerFormatError(f"{member.name!r}: the tar ends inside the file")
         os.ftruncate(fd, member.size)
 
     def _directory(self, member: tarfile.TarInfo, parent: int, base: str, key: str) -> None:
@@ -821,17 +888,98 @@ class RootfsWriter:
         self._dirs.clear()
 
 
-class _Counter:
-    """Counts (and charges to the writer's budget) the bytes the tar parser reads."""
+class _Source:
+    """A layer's tar bytes for tarfile: forward only, and counted.
+
+    tarfile reads headers with :meth:`read` and skips padding with :meth:`seek`
+    (forward only); file data goes from the stream's chunks straight to the files
+    (:meth:`copy_to`), without the copies of tarfile's own stream buffer. Every chunk
+    taken from the stream is counted and charged to the writer's budget.
+    """
 
     def __init__(self, stream: _Readable, writer: RootfsWriter) -> None:
         self._stream = stream
         self._writer = writer
+        self._chunk = b""
+        self._view = memoryview(b"")
+        self._at = 0  # read offset in the chunk
+        self._pos = 0  # stream offset of the chunk's read offset
+        #: Bytes taken from the stream.
         self.count = 0
 
-    def read(self, size: int) -> bytes:
-        data = self._stream.read(size)
-        if data:
-            self.count += len(data)
-            self._writer._charge(len(data))
-        return data
+    def _more(self) -> bool:
+        data = self._stream.read(_COPY)
+        if not data:
+            return False
+        self.count += len(data)
+        self._writer._charge(len(data))
+        self._chunk = data
+        self._view = memoryview(data)
+        self._at = 0
+        return True
+
+    def tell(self) -> int:
+        """The offset in the layer's tar."""
+        return self._pos
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Up to ``size`` bytes (fewer only at the end), all that is left when negative."""
+        at = self._at
+        end = at + size
+        if size >= 0 and end <= len(self._chunk):
+            self._at = end
+            self._pos += size
+            return self._chunk[at:end]
+        pieces = []
+        wanted = size if size >= 0 else 1 << 62
+        while wanted:
+            available = len(self._chunk) - self._at
+            if not available:
+                if not self._more():
+                    break
+                continue
+            take = min(available, wanted)
+            pieces.append(self._chunk[self._at : self._at + take])
+            self._at += take
+            self._pos += take
+            wanted -= take
+        return b"".join(pieces)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET, /) -> int:
+        """Skip forward to ``offset`` (or to the end, if it comes first)."""
+        if whence != os.SEEK_SET or offset < self._pos:
+            raise tarfile.StreamError("a layer stream cannot seek backwards")
+        self._skip(offset - self._pos)
+        return self._pos
+
+    def _skip(self, count: int) -> None:
+        while count:
+            available = len(self._chunk) - self._at
+            if not available:
+                if not self._more():
+                    return
+                continue
+            take = min(available, count)
+            self._at += take
+            self._pos += take
+            count -= take
+
+    def skip_to_end(self) -> None:
+        """Read (and count) whatever is left."""
+        self._skip(1 << 62)
+
+    def copy_to(self, fd: int, count: int) -> int:
+        """Write the next ``count`` bytes to ``fd``; how many there were (fewer at the end)."""
+        copied = 0
+        while copied < count:
+            available = len(self._chunk) - self._at
+            if not available:
+                if not self._more():
+                    break
+                continue
+            take = min(available, count - copied)
+            _write_all(fd, self._view[self._at : self._at + take])
+            self._at += take
+            self._pos += take
+            copied += take
+        return copied
