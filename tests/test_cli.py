@@ -222,7 +222,7 @@ def test_blob_progress_forced(big_layers_image: BuiltImage, tmp_path: Path) -> N
 
 
 def test_unknown_transport(oci_image: BuiltImage) -> None:
-    assert_fails(run_cli("inspect", "nosuch:thing"), EXIT_ERROR, "unknown transport")
+    assert_fails(run_cli("inspect", "nosuch:thing"), EXIT_USAGE, "unknown transport")
 
 
 def test_missing_image(tmp_path: Path) -> None:

@@ -33,6 +33,26 @@ _CHUNK = 1 << 20
 
 #: Called with each layer's result once it is applied and verified.
 LayerCallback = Callable[[LayerResult], object]
+#: Called as a layer's bytes are read: the blob, its bytes read so far (compressed,
+#: as fetched) and the tar entries of that layer applied so far.
+BytesCallback = Callable[[Descriptor, int, int], object]
+
+
+class _Counted:
+    """A blob whose reads are reported to a :data:`BytesCallback`."""
+
+    def __init__(
+        self, blob: ResumingBlob, fetched: Descriptor, writer: RootfsWriter, on_bytes: BytesCallback
+    ) -> None:
+        self._blob, self._fetched, self._writer, self._on_bytes = blob, fetched, writer, on_bytes
+        self._entries, self._read = writer.entries, 0
+        on_bytes(fetched, 0, 0)
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._blob.read(size)
+        self._read += len(data)
+        self._on_bytes(self._fetched, self._read, self._writer.entries - self._entries)
+        return data
 
 
 def _prepare(dest: Path) -> bool:
@@ -83,6 +103,7 @@ def _unpack(
     progress: LayerCallback | None,
     stop: threading.Event | None,
     on_retry: RetryCallback | None = None,
+    on_bytes: BytesCallback | None = None,
 ) -> UnpackResult:
     created = _prepare(dest)
     retries: list[BlobRetrying] = []
@@ -111,7 +132,10 @@ def _unpack(
                             infos is not None,
                         ) from exc
                     with blob:
-                        result = _apply(writer, blob, listed, fetched, diff_id)
+                        counted = (
+                            blob if on_bytes is None else _Counted(blob, fetched, writer, on_bytes)
+                        )
+                        result = _apply(writer, counted, listed, fetched, diff_id)
                     retries += blob.retries
                     results.append(result)
                     if progress is not None:
@@ -141,6 +165,7 @@ def unpack(
     rootless: bool | None = None,
     progress: LayerCallback | None = None,
     on_retry: RetryCallback | None = None,
+    on_bytes: BytesCallback | None = None,
 ) -> UnpackResult:
     """Unpack the image ``reference`` into the root filesystem directory ``dest``.
 
@@ -160,6 +185,8 @@ def unpack(
     A layer transfer that fails for a reason that may pass (a cut connection, an
     HTTP 5xx) resumes where it stopped, as often as the configuration's
     ``retry_times`` allows; each retry goes to ``on_retry`` and into the result.
+    ``on_bytes`` is called as each layer is read: with the blob's descriptor, the
+    bytes read so far and the layer's tar entries applied so far (first with 0, 0).
     On any other failure ``dest`` is emptied (and removed if this call created it).
 
     Raises:
@@ -173,7 +200,9 @@ def unpack(
         VerificationError: a blob or a decompressed layer does not match its digest.
         ImageProxyError: anything the proxy reports (a missing image...).
     """
-    return _unpack(reference, Path(dest), config, proxy, limits, rootless, progress, None, on_retry)
+    return _unpack(
+        reference, Path(dest), config, proxy, limits, rootless, progress, None, on_retry, on_bytes
+    )
 
 
 class _Bridge:
@@ -196,7 +225,7 @@ class _Bridge:
 
 def _apply(
     writer: RootfsWriter,
-    source: _Bridge | Blob,
+    source: _Bridge | Blob | _Counted,
     listed: Descriptor,
     fetched: Descriptor,
     diff_id: Digest,
