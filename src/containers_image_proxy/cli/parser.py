@@ -73,10 +73,8 @@ failures of the network:
 """
 
 _COMMAND_EPILOG: Final = f"""\
-Options every command takes (--authfile, --username, --tls-verify, --cert-dir,
---platform, --policy, --retry-times, --debug, -q, ...) go before or after the
-command: `{PROG} help options` lists them, and
-`{PROG} --help` the exit statuses.
+Options every command takes (--authfile, --tls-verify, --platform, --debug, -q,
+...) go before or after the command: `{PROG} help options` lists them.
 """
 
 

@@ -116,13 +116,10 @@ def run(args: argparse.Namespace, config: ImageProxyConfig) -> int:
 COMMAND = Command(
     name="inspect",
     summary="show an image as skopeo inspect does",
-    description="Print what `skopeo inspect` prints: one JSON object with the keys Name (for"
-    " references that carry a repository name), Digest, RepoTags, Created, DockerVersion,"
-    " Labels, Architecture, Os, Layers, LayersData and Env. RepoTags is always empty (as"
-    " with skopeo's --no-tags). --raw prints the manifest, --config the configuration,"
-    " --raw --config its bytes. For a Docker schema 2 source the proxy returns the OCI"
-    " conversion, and --raw says so on standard error. See docs/cli.md for every"
-    " difference from skopeo.",
+    description="Print what `skopeo inspect` prints: the same JSON keys and values (RepoTags"
+    " stays empty). --raw prints the manifest, --config the configuration, --raw --config"
+    " its bytes; for a Docker schema 2 source, which the proxy converts, standard error"
+    " says so. docs/cli.md lists every difference from skopeo.",
     run=run,
     add_arguments=_add_arguments,
 )
