@@ -84,7 +84,7 @@ def error_context(args: argparse.Namespace) -> ErrorContext:
     else:
         credentials = "--no-creds" if args.no_creds else None
     return ErrorContext(
-        reference=args.reference,
+        reference=getattr(args, "reference", None),
         credentials=credentials,
         skopeo=args.skopeo or "skopeo",
         stall_timeout=300.0 if args.stall_timeout is None else args.stall_timeout,
