@@ -120,6 +120,21 @@ def test_blob_to_file_and_stdout(oci_image: BuiltImage, tmp_path: Path) -> None:
     assert ok("blob", oci_image.ref, encoded) == oci_image.config
 
 
+def test_blob_output_files(oci_image: BuiltImage, tmp_path: Path) -> None:
+    """-o follows a symbolic link, keeps an existing file's mode, writes devices directly."""
+    digest, _, _, data = oci_image.layers[0]
+    target = tmp_path / "target"
+    target.write_bytes(b"old")
+    target.chmod(0o600)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    assert ok("blob", oci_image.ref, digest, "-o", link) == b""
+    assert link.is_symlink() and target.read_bytes() == data
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "target"]
+    assert ok("blob", oci_image.ref, digest, "-o", "/dev/null") == b""
+
+
 def test_platform_picks_from_an_index(oci_index_image: MultiPlatformImage) -> None:
     arm64 = oci_index_image.images["linux/arm64/v8"]
     data = json.loads(ok("--platform", "linux/arm64", "inspect", oci_index_image.ref))
@@ -222,7 +237,7 @@ def test_blob_progress_forced(big_layers_image: BuiltImage, tmp_path: Path) -> N
 
 
 def test_unknown_transport(oci_image: BuiltImage) -> None:
-    assert_fails(run_cli("inspect", "nosuch:thing"), EXIT_ERROR, "unknown transport")
+    assert_fails(run_cli("inspect", "nosuch:thing"), EXIT_USAGE, "unknown transport")
 
 
 def test_missing_image(tmp_path: Path) -> None:

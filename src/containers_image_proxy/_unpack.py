@@ -42,6 +42,36 @@ _AHEAD = 16 << 20
 
 #: Called with each layer's result once it is applied and verified.
 LayerCallback = Callable[[LayerResult], object]
+#: Called as a layer's bytes are read: the blob, its bytes read so far (compressed,
+#: as fetched) and the tar entries of that layer applied so far.
+BytesCallback = Callable[[Descriptor, int, int], object]
+
+
+class _Counted:
+    """A layer's blob, read by the reader thread, whose reads go to a :data:`BytesCallback`.
+
+    The entries reported are those the writer has applied of this layer so far: 0
+    while it is still on an earlier layer (the reader runs ahead).
+    """
+
+    def __init__(self, blob: ResumingBlob, fetched: Descriptor, opened: _Opened) -> None:
+        assert opened.on_bytes is not None
+        self._blob, self._fetched, self._opened = blob, fetched, opened
+        self._on_bytes = opened.on_bytes
+        self._read = 0
+        self._on_bytes(fetched, 0, 0)
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._blob.read(size)
+        self._read += len(data)
+        self._on_bytes(self._fetched, self._read, self._opened.entries(self._fetched))
+        return data
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._blob.close()
 
 
 def _prepare(dest: Path) -> bool:
@@ -348,11 +378,18 @@ class _Reader:
 
 
 def _apply_layer(
-    writer: RootfsWriter, reader: _Reader, listed: Descriptor, fetched: Descriptor, diff_id: Digest
+    writer: RootfsWriter,
+    reader: _Reader,
+    listed: Descriptor,
+    fetched: Descriptor,
+    diff_id: Digest,
+    opened: _Opened | None = None,
 ) -> LayerResult:
     """Apply the reader's next layer; its result names the blob with the media type
     its bytes prove (see ``_layers.with_compression``)."""
     layer = reader.layer(diff_id)
+    if opened is not None:
+        opened.started(fetched)
     result = writer.apply(layer, descriptor=fetched)
     true = with_compression(listed, fetched, layer.compression)
     return dataclasses.replace(result, descriptor=true)
@@ -363,10 +400,11 @@ def _apply_layers(
     reader: _Reader,
     layers: Sequence[_Layer],
     progress: LayerCallback | None,
+    opened: _Opened | None = None,
 ) -> list[LayerResult]:
     results: list[LayerResult] = []
     for listed, fetched, diff_id in layers:
-        result = _apply_layer(writer, reader, listed, fetched, diff_id)
+        result = _apply_layer(writer, reader, listed, fetched, diff_id, opened)
         results.append(result)
         if progress is not None:
             progress(result)
@@ -381,6 +419,25 @@ class _Opened:
         self.version = version
         self.has_info = has_info
         self.blobs: list[ResumingBlob | AsyncResumingBlob] = []
+        self.on_bytes: BytesCallback | None = None
+        self._writer: RootfsWriter | None = None
+        self._current: Digest | None = None
+        self._base = 0
+
+    def track(self, writer: RootfsWriter, on_bytes: BytesCallback | None) -> None:
+        """Report the reads of the layers opened from now on to ``on_bytes``."""
+        self._writer, self.on_bytes = writer, on_bytes
+
+    def started(self, descriptor: Descriptor) -> None:
+        """The writer starts on the layer of ``descriptor`` (from its thread)."""
+        if self._writer is not None:
+            self._current, self._base = descriptor.digest, self._writer.entries
+
+    def entries(self, descriptor: Descriptor) -> int:
+        """Entries of that layer the writer applied so far (0 before it started on it)."""
+        if self._writer is None or self._current != descriptor.digest:
+            return 0
+        return self._writer.entries - self._base
 
     @property
     def retries(self) -> tuple[BlobRetrying, ...]:
@@ -393,15 +450,16 @@ class _Opened:
 def _opener(
     source: ImageSource, policy: RetryPolicy, on_retry: RetryCallback | None, opened: _Opened
 ) -> _Opener:
-    def open_layer(descriptor: Descriptor) -> ResumingBlob:
+    def open_layer(descriptor: Descriptor) -> ResumingBlob | _Counted:
         # A failed transfer resumes where it stopped; the diff_id check covers the
         # bytes read before the failure, so they need no hash of their own.
         blob = ResumingBlob(source, descriptor, policy, on_retry, check_prefix=False)
         opened.blobs.append(blob)
         try:
-            return blob.open()
+            blob.open()
         except ImageNotFoundError as exc:
             raise opened.unavailable(descriptor, exc) from exc
+        return blob if opened.on_bytes is None else _Counted(blob, descriptor, opened)
 
     return open_layer
 
@@ -416,6 +474,7 @@ def _unpack(
     progress: LayerCallback | None,
     stop: threading.Event | None,
     on_retry: RetryCallback | None,
+    on_bytes: BytesCallback | None = None,
 ) -> UnpackResult:
     created = _prepare(dest)
     try:
@@ -430,8 +489,9 @@ def _unpack(
             with RootfsWriter(dest, limits=limits, rootless=rootless) as writer:
                 writer._stop = stop
                 max_bytes = writer.limits.max_total_bytes
+                opened.track(writer, on_bytes)
                 with _Reader(opener, _fetched(layers), max_bytes) as reader:
-                    results = _apply_layers(writer, reader, layers, progress)
+                    results = _apply_layers(writer, reader, layers, progress, opened)
     except BaseException:
         discard_tree(dest, remove=created)
         raise
@@ -457,6 +517,7 @@ def unpack(
     rootless: bool | None = None,
     progress: LayerCallback | None = None,
     on_retry: RetryCallback | None = None,
+    on_bytes: BytesCallback | None = None,
 ) -> UnpackResult:
     """Unpack the image ``reference`` into the root filesystem directory ``dest``.
 
@@ -479,6 +540,9 @@ def unpack(
     A layer transfer that fails for a reason that may pass (a cut connection, an
     HTTP 5xx) resumes where it stopped, as often as the configuration's
     ``retry_times`` allows; each retry goes to ``on_retry`` and into the result.
+    ``on_bytes`` is called as each layer is read: with the blob's descriptor, the
+    bytes read so far and the layer's tar entries applied so far (first with 0, 0);
+    it is called from the reader thread, which runs ahead of the writer.
     On any other failure ``dest`` is emptied (and removed if this call created it),
     and the reader thread is stopped and waited for; a blob it was reading is
     closed early (from a stalled source, that waits at most the proxy's stall
@@ -495,7 +559,9 @@ def unpack(
         VerificationError: a blob or a decompressed layer does not match its digest.
         ImageProxyError: anything the proxy reports (a missing image...).
     """
-    return _unpack(reference, Path(dest), config, proxy, limits, rootless, progress, None, on_retry)
+    return _unpack(
+        reference, Path(dest), config, proxy, limits, rootless, progress, None, on_retry, on_bytes
+    )
 
 
 class _Bridge:
