@@ -20,9 +20,9 @@ from containers_image_proxy._policy import (
     SigstoreSigned,
     decode_policy,
     enforced_types,
-    parse_docker_name,
     requirements_for,
 )
+from containers_image_proxy._reference import parse_docker_name
 from containers_image_proxy.errors import ConfigurationError
 
 ACCEPT: dict[str, Any] = {"type": "insecureAcceptAnything"}

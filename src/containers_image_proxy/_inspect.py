@@ -27,15 +27,15 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-from .errors import InvalidDocumentError
-from .oci import Digest
+from ._reference import docker_reference_name
+from .errors import InvalidDocumentError, TemplateError
+from .oci import DOCKER_LAYER_FROM_OCI, Digest
 
 __all__ = [
     "SKOPEO_KEYS",
     "InspectedImage",
     "TemplateError",
     "check_template",
-    "docker_reference_name",
     "go_json",
     "go_time_string",
     "inspect_table",
@@ -62,23 +62,6 @@ SKOPEO_KEYS: Final = (
     "LayersData",
     "Env",
 )
-
-#: The OCI layer media types that Docker schema 2 layers are converted to, mapped back.
-_DOCKER_LAYER_TYPES: Final = {
-    "application/vnd.oci.image.layer.v1.tar": "application/vnd.docker.image.rootfs.diff.tar",
-    "application/vnd.oci.image.layer.v1.tar+gzip": (
-        "application/vnd.docker.image.rootfs.diff.tar.gzip"
-    ),
-    "application/vnd.oci.image.layer.v1.tar+zstd": (
-        "application/vnd.docker.image.rootfs.diff.tar.zstd"
-    ),
-    "application/vnd.oci.image.layer.nondistributable.v1.tar": (
-        "application/vnd.docker.image.rootfs.foreign.diff.tar"
-    ),
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": (
-        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
-    ),
-}
 
 #: What Go's ``time.Time`` zero value looks like in JSON: skopeo's ``Created`` for a
 #: Docker schema 2 configuration without a creation time.
@@ -124,53 +107,7 @@ def source_layer_media_type(media_type: str, converted: bool) -> str:
     """The source's layer media type: the Docker one an OCI type was converted from."""
     if not converted:
         return media_type
-    return _DOCKER_LAYER_TYPES.get(media_type, media_type)
-
-
-_ID_LIKE = re.compile(r"[0-9a-f]{3,64}")
-_FULL_ID = re.compile(r"[0-9a-f]{64}")
-_DIGEST_LIKE = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[0-9a-fA-F]{32,}")
-
-
-def _named(text: str) -> str | None:
-    from ._policy import parse_docker_name
-
-    name = parse_docker_name(text)
-    return None if name is None else name.name
-
-
-def docker_reference_name(reference: str) -> str | None:
-    """The repository name ``skopeo inspect`` shows as ``Name``, or None when it has none.
-
-    Only references that carry a Docker reference have one: ``docker://`` (the
-    repository, expanded as ``docker.io/library/...``), ``docker-archive:`` with a
-    ``NAME:TAG``, ``docker-daemon:`` and ``containers-storage:`` with a name.
-    """
-    transport, colon, rest = reference.partition(":")
-    if not colon:
-        return None
-    if transport == "docker":
-        return _named(rest[2:]) if rest.startswith("//") else None
-    if transport == "docker-archive":
-        _, colon, name = rest.partition(":")
-        if not colon or not name or name.startswith("@"):
-            return None
-        return _named(name)
-    if transport == "docker-daemon":
-        return None if _DIGEST_LIKE.fullmatch(rest) else _named(rest)
-    if transport == "containers-storage":
-        if rest.startswith("["):
-            close = rest.find("]")
-            if close == -1:
-                return None
-            rest = rest[close + 1 :]
-        name, at, suffix = rest.rpartition("@")
-        if at and _FULL_ID.fullmatch(suffix):
-            rest = name
-        if not rest or _ID_LIKE.fullmatch(rest):
-            return None  # an image ID (or a prefix of one): no name
-        return _named(rest)
-    return None
+    return DOCKER_LAYER_FROM_OCI.get(media_type, media_type)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,10 +261,6 @@ _JSON_FORMAT = re.compile(r"\s*(?:json|\{\{\s*json\s*\.?\s*\}\})\s*")
 def is_json_format(text: str) -> bool:
     """Whether ``--format text`` asks for the JSON report (``json`` or ``{{json .}}``)."""
     return _JSON_FORMAT.fullmatch(text) is not None
-
-
-class TemplateError(ValueError):
-    """A ``--format`` template uses more than the supported ``{{.Field}}`` actions."""
 
 
 _ACTION = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)

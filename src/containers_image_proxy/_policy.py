@@ -45,6 +45,7 @@ from typing import Any
 
 import msgspec
 
+from ._reference import DockerName, is_digest, is_image_id, parse_docker_name
 from .errors import ConfigurationError
 
 __all__ = [
@@ -54,7 +55,6 @@ __all__ = [
     "ScopeMatch",
     "decode_policy",
     "enforced_types",
-    "parse_docker_name",
     "requirements_for",
 ]
 
@@ -317,7 +317,7 @@ def _scope_problem(transport: str, scope: str) -> str | None:
     if transport in ("docker-archive", "tarball"):
         return _ONLY_DEFAULT
     if transport == "docker-daemon":
-        return "an image ID cannot be a namespace" if _is_digest(scope) else None
+        return "an image ID cannot be a namespace" if is_digest(scope) else None
     if transport == "containers-storage":
         return _storage_scope_problem(scope)
     return None
@@ -336,86 +336,16 @@ def _storage_scope_problem(scope: str) -> str | None:
     if not posixpath.isabs(root if at else spec):
         return "the store's root must be an absolute path"
     fields = image.split("@", 2)
-    if len(fields) == 2 and not (_is_image_id(fields[1]) or _is_digest(fields[1])):
+    if len(fields) == 2 and not (is_image_id(fields[1]) or is_digest(fields[1])):
         return f"{fields[1]!r} is neither a digest nor an image ID"
-    if len(fields) == 3 and not (_is_digest(fields[1]) and _is_image_id(fields[2])):
+    if len(fields) == 3 and not (is_digest(fields[1]) and is_image_id(fields[2])):
         return "expected NAME@DIGEST@ID"
     return None
 
 
 # --------------------------------------------------------------------------
-# Docker references
+# Docker references (parsed in _reference)
 # --------------------------------------------------------------------------
-
-_ALNUM = r"[a-z0-9]+"
-_SEPARATOR = r"(?:[._]|__|[-]+)"
-_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
-_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_HOST = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])"
-_TAG = r"[\w][\w.-]{0,127}"
-_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
-_NAMED = re.compile(
-    rf"({_HOST}(?::[0-9]+)?)/({_COMPONENT}(?:/{_COMPONENT})*)(?::({_TAG}))?(?:@({_DIGEST}))?",
-    re.ASCII,
-)
-_IMAGE_ID = re.compile(r"[a-f0-9]{64}")
-_DIGEST_VALUE = re.compile(r"sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128}")
-_MAX_NAME = 255
-
-
-def _is_image_id(text: str) -> bool:
-    return _IMAGE_ID.fullmatch(text) is not None
-
-
-def _is_digest(text: str) -> bool:
-    return _DIGEST_VALUE.fullmatch(text) is not None
-
-
-@dataclasses.dataclass(frozen=True)
-class DockerName:
-    """A Docker reference in its fully expanded form: ``domain/path[:tag][@digest]``."""
-
-    domain: str
-    path: str
-    tag: str | None
-    digest: str | None
-
-    @property
-    def name(self) -> str:
-        """``domain/path``: the repository."""
-        return f"{self.domain}/{self.path}"
-
-    def __str__(self) -> str:
-        text = self.name
-        if self.tag is not None:
-            text += f":{self.tag}"
-        if self.digest is not None:
-            text += f"@{self.digest}"
-        return text
-
-
-def parse_docker_name(text: str) -> DockerName | None:
-    """Expand a Docker reference as ``docker pull`` does (``busybox`` is
-    ``docker.io/library/busybox``); None when it is not a valid reference.
-    """
-    if _is_image_id(text):
-        return None
-    first, slash, rest = text.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost"):
-        domain, remainder = first, rest
-    else:
-        domain, remainder = "docker.io", text
-    if domain == "index.docker.io":
-        domain = "docker.io"
-    if domain == "docker.io" and "/" not in remainder:
-        remainder = f"library/{remainder}"
-    repository = remainder.partition(":")[0]
-    if repository.lower() != repository:
-        return None
-    match = _NAMED.fullmatch(f"{domain}/{remainder}")
-    if match is None or len(match[1]) + 1 + len(match[2]) > _MAX_NAME:
-        return None
-    return DockerName(match[1], match[2], match[3], match[4])
 
 
 def _docker_namespaces(name: DockerName) -> list[str]:
@@ -523,11 +453,11 @@ def _storage_images(image: str) -> list[tuple[DockerName | None, str | None]] | 
     at = image.rfind("@")
     if at != -1:
         possible = image[at + 1 :]
-        if not _is_digest(possible):
-            if not _is_image_id(possible):
+        if not is_digest(possible):
+            if not is_image_id(possible):
                 return None  # a short ID: only the store knows the image
             image_id, name_part = possible, image[:at]
-    if image_id is None and _is_image_id(name_part):
+    if image_id is None and is_image_id(name_part):
         return [(None, name_part)]
     if image_id is None and len(name_part) >= 3 and re.fullmatch(r"[0-9a-f]+", name_part):
         return None  # perhaps a short ID: only the store knows which image it names
@@ -569,7 +499,7 @@ def _identities(
         name = _tagged_docker(rest[2:])
         return None if name is None else [_docker_identity(name)]
     if transport == "docker-daemon":
-        if _is_digest(rest):
+        if is_digest(rest):
             return [("", [])]
         name = parse_docker_name(rest)
         if name is None or (name.tag is None and name.digest is None):
