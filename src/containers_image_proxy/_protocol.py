@@ -9,12 +9,9 @@ only move bytes; every decision about the protocol is taken here.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import enum
-import hashlib
 import json
-import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -22,6 +19,8 @@ from typing import Annotated, Any, NamedTuple
 
 import msgspec
 
+from ._fd import OwnedFd, close_all
+from ._reference import is_storage, storage_image_id
 from .errors import (
     AccessDeniedError,
     AuthenticationError,
@@ -140,16 +139,7 @@ class Reply:
 
     value: Any
     pipeid: int
-    fds: tuple[int, ...]
-
-
-def close_fds(fds: Sequence[int]) -> None:
-    """Close every descriptor in ``fds``, ignoring ones already gone."""
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+    fds: tuple[OwnedFd, ...]
 
 
 # The proxy reports failures as text (and, from 0.2.8, a coarse code). The kinds a
@@ -233,11 +223,8 @@ def startup_error(
     return UnsupportedOptionError(match[1], field, error.stderr.strip(), advice)
 
 
-STORAGE_TRANSPORT = "containers-storage:"
 #: The variable that names the storage.conf of containers-storage (inherited by skopeo).
 STORAGE_CONF_ENV = "CONTAINERS_STORAGE_CONF"
-_STORE_SPEC = re.compile(r"^\[[^\]]*\]")
-_IMAGE_ID = re.compile(r"@?([0-9a-f]{64})")
 _STORAGE_HINT = (
     "this process lacks the privileges the store needs: run as the store's owner, and for"
     " a rootless store inside its user namespace (skopeo_cmd=['podman', 'unshare', 'skopeo'])"
@@ -249,7 +236,7 @@ def is_storage_missing(reference: str, error: RequestError) -> bool:
 
     OpenImageOptional answers None then; skopeo reports some of these as failures.
     """
-    return reference.startswith(STORAGE_TRANSPORT) and isinstance(error, ImageNotFoundError)
+    return is_storage(reference) and isinstance(error, ImageNotFoundError)
 
 
 def open_error(
@@ -262,15 +249,14 @@ def open_error(
     denied access says what the store needs, and a missing ``storage_conf`` (the
     child's ``CONTAINERS_STORAGE_CONF``) is not taken for a missing image.
     """
-    if not reference.startswith(STORAGE_TRANSPORT):
+    if not is_storage(reference):
         return error
     if storage_conf and f"{storage_conf}: no such file" in error.message:
         message = f"{error.message} ({STORAGE_CONF_ENV} names a file that does not exist)"
         return RequestError(error.method, message, error.code)
-    name = _STORE_SPEC.sub("", reference[len(STORAGE_TRANSPORT) :], count=1)
-    match = _IMAGE_ID.fullmatch(name)
-    if match and "64-byte hexadecimal" in error.message:
-        message = f"no image with ID {match.group(1)} in the store ({error.message})"
+    image_id = storage_image_id(reference)
+    if image_id is not None and "64-byte hexadecimal" in error.message:
+        message = f"no image with ID {image_id} in the store ({error.message})"
         return ImageNotFoundError(error.method, message, error.code)
     if isinstance(error, AccessDeniedError):
         return AccessDeniedError(error.method, f"{error.message} ({_STORAGE_HINT})", error.code)
@@ -392,16 +378,22 @@ def _load_json(data: bytes, what: str) -> Any:
         raise ProtocolError(f"{what} is not valid JSON: {exc}") from None
 
 
-def decode_reply(method: str, data: bytes, fds: Sequence[int], truncated: bool = False) -> Reply:
+def decode_reply(
+    method: str, data: bytes, fds: Sequence[OwnedFd], truncated: bool = False
+) -> Reply:
     """Validate one reply packet to ``method`` and the descriptors that came with it.
 
     On any error every descriptor in ``fds`` is closed before raising, so nothing
     leaks; on success their ownership passes to the returned :class:`Reply`.
+
+    Raises:
+        ProtocolError: the reply breaks the protocol.
+        RequestError: the proxy reported a failure (the most specific subclass).
     """
     try:
         return _decode_reply(method, data, fds, truncated)
     except BaseException:
-        close_fds(fds)
+        close_all(fds)
         raise
 
 
@@ -418,7 +410,7 @@ class _WireReply(msgspec.Struct):
 _REPLY_DECODER = msgspec.json.Decoder(_WireReply)
 
 
-def _decode_reply(method: str, data: bytes, fds: Sequence[int], truncated: bool) -> Reply:
+def _decode_reply(method: str, data: bytes, fds: Sequence[OwnedFd], truncated: bool) -> Reply:
     if truncated or len(data) > MAX_MSG_SIZE:
         raise ProtocolError(f"reply to {method} exceeds the {MAX_MSG_SIZE}-byte packet limit")
     try:
@@ -548,25 +540,3 @@ class Transfer:
                 raise VerificationError(
                     f"blob {self.digest}: digest mismatch, the data hashes to {actual}"
                 )
-
-
-def registry_host(reference: str) -> str | None:
-    """The registry host of a ``docker://`` reference, as auth files key it."""
-    if not reference.startswith("docker://"):
-        return None
-    name = reference[len("docker://") :]
-    first, sep, _ = name.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
-        return "docker.io" if first == "index.docker.io" else first
-    return "docker.io"
-
-
-def auth_file_contents(host: str, username: str, password: str) -> bytes:
-    """A containers-auth.json document with credentials for ``host``."""
-    token = base64.b64encode(f"{username}:{password}".encode()).decode()
-    return json.dumps({"auths": {host: {"auth": token}}}).encode()
-
-
-def sha256_digest(data: bytes) -> Digest:
-    """The sha256 digest of ``data``."""
-    return Digest("sha256:" + hashlib.sha256(data).hexdigest())

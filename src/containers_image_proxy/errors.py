@@ -32,7 +32,7 @@ A second base class in parentheses keeps the error catchable as a built-in one::
     │   └── ProxyFailedError                   skopeo failed its shutdown
     ├── StallTimeoutError (TimeoutError)       a pipe stayed silent too long
     ├── ClosedError (ValueError)               use after close, or with another proxy
-    ├── BusyError (RuntimeError)               two readers at once, or a read that would wait forever
+    ├── BusyError (RuntimeError)               two readers at once, or a wait that never ends
     ├── LayoutError (OSError)                  the destination cannot hold an OCI layout
     └── UnpackError                            a layer could not be applied to a root filesystem
         ├── LayerFormatError (ValueError)      not what the layer claims to be

@@ -2,8 +2,8 @@
 # Edit the source, not this file.
 """Trying a blob transfer again after a failure that may pass.
 
-Written once for asyncio; ``_sync/retry.py`` is generated from this file by
-tools/gen_sync.py. The decisions (which failures, how many times, how long to wait)
+Written once for asyncio in ``_async/`` (``_sync/`` holds the generated blocking
+twin). The decisions (which failures, how many times, how long to wait)
 are :class:`~containers_image_proxy._retry.RetryPolicy`'s; this module runs them:
 
 - :class:`ImageSource` is a proxy with an image opened on it. When the proxy
@@ -27,13 +27,15 @@ from typing import Any, Self, TypeVar
 from .. import _protocol as proto
 from .._backends import SyncBackend as Backend
 from .._backends import SyncResult
+from .._fd import CHUNK_SIZE
 from .._image import OpenedImage
 from .._retry import RetryPolicy
 from ..config import ImageProxyConfig
 from ..errors import ClosedError, ImageProxyError, VerificationError
 from ..events import BlobRetrying
 from ..oci import Descriptor
-from .proxy import Blob, BlobStream, ImageProxy
+from .blob import Blob, BlobStream
+from .proxy import ImageProxy, stop_now, usable
 
 __all__ = [
     "ImageSource",
@@ -46,7 +48,6 @@ __all__ = [
 _log = logging.getLogger("containers_image_proxy")
 
 _T = TypeVar("_T")
-_SKIP_CHUNK = 1 << 20
 
 #: Called with each :class:`BlobRetrying` before the wait that precedes the retry.
 RetryCallback = Callable[[BlobRetrying], object]
@@ -113,7 +114,7 @@ class ImageSource:
     def renew(self) -> None:
         """Replace a proxy of ours that can no longer serve requests; reopen the image."""
         old = self.proxy
-        if old._usable() or not self.owned:
+        if usable(old) or not self.owned:
             return
         if self._stopped:
             raise ClosedError("the transfer was stopped")
@@ -130,7 +131,7 @@ class ImageSource:
         """Stop a proxy of ours now (an interrupt); later renewals are refused."""
         self._stopped = True
         if self.owned and self._proxy is not None:
-            self._proxy._kill()
+            stop_now(self._proxy)
 
     def close(self) -> None:
         """Close the image and, when it is ours, the proxy."""
@@ -148,7 +149,7 @@ class ImageSource:
         proxy, image = self._proxy, self._image
         self._image = None
         try:
-            if image is not None and proxy is not None and proxy._usable():
+            if image is not None and proxy is not None and usable(proxy):
                 try:
                     proxy.close_image(image)
                 except ImageProxyError:
@@ -280,11 +281,11 @@ class ResumingBlob(Blob):
         if count == 0:
             return
         hasher = hashlib.sha256() if self._prefix is not None else None
-        buffer = bytearray(min(count, _SKIP_CHUNK))
+        buffer = bytearray(min(count, CHUNK_SIZE))
         left = count
         with memoryview(buffer) as view:
             while left:
-                got = inner._readinto(view[: min(left, len(view))])
+                got = inner.readinto(view[: min(left, len(view))])
                 if got == 0:
                     raise VerificationError(
                         f"blob {self.digest}: the new transfer ended after"
@@ -310,7 +311,7 @@ class ResumingBlob(Blob):
 
     def _read_more(self, view: memoryview) -> int:
         inner = self._ensure_inner()
-        count = inner._readinto(view)
+        count = inner.readinto(view)
         if count:
             self._transfer.update(view[:count])
             if self._prefix is not None:
