@@ -177,25 +177,13 @@ def _empty_in_original(original: Mapping[str, Any] | None, key: str) -> Any:
     return None
 
 
-def skopeo_inspect(image: InspectedImage) -> dict[str, Any]:
-    """The object ``skopeo inspect`` prints for ``image``, keys in skopeo's order.
-
-    ``Name`` is present only when the reference carries a Docker reference (as
-    skopeo omits it). See the module documentation for the values the proxy
-    cannot know.
-    """
-    manifest = _json_object(image.manifest, "manifest")
-    config = _json_object(image.config, "image configuration")
-    original = (
-        _json_object(image.original_config, "image configuration")
-        if image.original_config is not None
-        else None
-    )
-    converted = image.converted
+def _config_fields(
+    config: Mapping[str, Any], original: Mapping[str, Any] | None, converted: bool
+) -> dict[str, Any]:
+    """``Created``, ``DockerVersion``, ``Labels`` and ``Env`` as skopeo shows them."""
     section = config.get("config")
     if not isinstance(section, dict):
         section = {}
-
     created = config.get("created")
     if created is None and converted:
         created = _GO_ZERO_TIME
@@ -213,8 +201,28 @@ def skopeo_inspect(image: InspectedImage) -> dict[str, Any]:
     env = section.get("Env")
     if not isinstance(env, list):
         env = _empty_in_original(original, "Env")
-    layers_data = _layers_data(manifest, converted)
+    return {"Created": created, "DockerVersion": docker_version, "Labels": labels, "Env": env}
 
+
+def skopeo_inspect(image: InspectedImage) -> dict[str, Any]:
+    """The object ``skopeo inspect`` prints for ``image``, keys in skopeo's order.
+
+    ``Name`` is present only when the reference carries a Docker reference (as
+    skopeo omits it). See the module documentation for the values the proxy
+    cannot know.
+
+    Raises:
+        InvalidDocumentError: the manifest or a configuration is not a JSON object.
+    """
+    manifest = _json_object(image.manifest, "manifest")
+    config = _json_object(image.config, "image configuration")
+    original = (
+        _json_object(image.original_config, "image configuration")
+        if image.original_config is not None
+        else None
+    )
+    fields = _config_fields(config, original, image.converted)
+    layers_data = _layers_data(manifest, image.converted)
     output: dict[str, Any] = {}
     name = docker_reference_name(image.reference)
     if name is not None:
@@ -223,14 +231,14 @@ def skopeo_inspect(image: InspectedImage) -> dict[str, Any]:
         {
             "Digest": str(image.digest),
             "RepoTags": [],
-            "Created": created,
-            "DockerVersion": docker_version,
-            "Labels": labels,
+            "Created": fields["Created"],
+            "DockerVersion": fields["DockerVersion"],
+            "Labels": fields["Labels"],
             "Architecture": str(config.get("architecture", "")),
             "Os": str(config.get("os", "")),
             "Layers": [layer["Digest"] for layer in layers_data],
             "LayersData": layers_data,
-            "Env": env,
+            "Env": fields["Env"],
         }
     )
     return output

@@ -222,8 +222,8 @@ async def pull_async(
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     dest, tag = parse_destination(dest, tag)
+    count = 1 if proxy is not None else min(MAX_PROXIES, math.ceil(jobs / STREAMS_PER_PROXY))
     async with contextlib.AsyncExitStack() as stack:
-        count = 1 if proxy is not None else min(MAX_PROXIES, math.ceil(jobs / STREAMS_PER_PROXY))
         sources = [
             await stack.enter_async_context(AsyncImageSource(reference, config, proxy))
             for _ in range(count)
@@ -232,10 +232,9 @@ async def pull_async(
         # anything written: a refused image leaves no trace in ``dest``.
         pull = AsyncPull(sources, Layout(dest), progress)
         tag, tag_origin = await Backend.run_blocking(resolve_tag, reference, tag)
-        first = sources[0]
-        source_digest, raw = await first.proxy.fetch_manifest_raw_oci(first.image)
+        source_digest, raw = await sources[0].proxy.fetch_manifest_raw_oci(sources[0].image)
         manifest = decode_manifest(raw)
-        infos = await layer_info(first.proxy, first.image, manifest)
+        infos = await layer_info(sources[0].proxy, sources[0].image, manifest)
         plan = fetch_plan(manifest, infos)
         blobs = (manifest.config, *plan)
         pull.report(PullStarted(reference, blobs))
@@ -253,9 +252,9 @@ async def pull_async(
         manifest_digest=stored.digest,
         source_digest=source_digest,
         manifest=stored.manifest,
-        fetched=tuple(d.digest for d in pull.fetched),
-        skipped=tuple(d.digest for d in blobs if d.digest in present),
-        bytes_fetched=sum(d.size for d in pull.fetched),
+        fetched=tuple(blob.digest for blob in pull.fetched),
+        skipped=tuple(blob.digest for blob in blobs if blob.digest in present),
+        bytes_fetched=sum(blob.size for blob in pull.fetched),
         tag_origin=tag_origin,
         rewritten=stored.rewritten,
         retries=tuple(pull.retries),

@@ -32,8 +32,9 @@ from ..config import ImageProxyConfig
 from ..errors import ClosedError, ImageProxyError, VerificationError
 from ..events import BlobRetrying
 from ..oci import Descriptor
-from .blob import AsyncBlob, AsyncBlobStream
+from .blob import AsyncBlob
 from .proxy import AsyncImageProxy, stop_now, usable
+from .stream import AsyncBlobStream
 
 __all__ = [
     "AsyncImageSource",

@@ -34,8 +34,9 @@ from ..config import ImageProxyConfig
 from ..errors import ClosedError, ImageProxyError, VerificationError
 from ..events import BlobRetrying
 from ..oci import Descriptor
-from .blob import Blob, BlobStream
+from .blob import Blob
 from .proxy import ImageProxy, stop_now, usable
+from .stream import BlobStream
 
 __all__ = [
     "ImageSource",
