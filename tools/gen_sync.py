@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -123,7 +124,7 @@ def main() -> int:
             )
         else:
             target.write_text(wanted)
-            print(f"wrote {target.relative_to(ROOT)}")
+            print(f"wrote {os.path.relpath(target, ROOT)}")
     unused = sorted(set(REPLACEMENTS) - rule.used) + sorted({old for old, _ in TEXT} - used_text)
     if unused:
         print(f"substitutions used nowhere (remove them): {', '.join(unused)}", file=sys.stderr)

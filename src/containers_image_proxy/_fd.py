@@ -43,9 +43,10 @@ class OwnedFd:
     __slots__ = ("_fd",)
 
     def __init__(self, fd: int) -> None:
+        self._fd: int | None = None
         if fd < 0:
             raise ValueError(f"not a file descriptor: {fd}")
-        self._fd: int | None = fd
+        self._fd = fd
 
     @property
     def closed(self) -> bool:
