@@ -9,58 +9,73 @@ import pkgutil
 import re
 
 import pytest
+from images import BuiltImage
 
 import containers_image_proxy
 from containers_image_proxy import AsyncImageProxy, ImageProxy, errors
-from images import BuiltImage
+
+
+def _names(text: str) -> list[str]:
+    return text.split()
+
 
 PUBLIC = {
-    "containers_image_proxy": [
-        *"AccessDeniedError AsyncBlob AsyncImageProxy AsyncRawBlob AuthenticationError Blob".split(),
-        *"BlobFinished BlobProgress BlobRetrying BlobStarted BlobVerificationError".split(),
-        *"BusyError CertificateError ClosedError CompressionMismatchError".split(),
-        *"ConfigurationError ConvertedLayerInfo Descriptor Digest ImageConfiguration".split(),
-        *"ImageManifest ImageNotFoundError ImageProxy ImageProxyConfig ImageProxyError".split(),
-        *"InvalidDigestError InvalidDocumentError InvalidReferenceError LayerFormatError".split(),
-        *"LayerResult LayerStream LayerUnavailableError LayoutError LimitExceededError".split(),
-        *"OpenedImage PolicyNotEnforcedError PolicyRejectedError ProtocolError".split(),
-        *"ProxyExitedError ProxyFailedError ProxyTooOldError PullEvent PullResult".split(),
-        *"PullStarted RawBlob RequestError RootfsWriter SpawnError StallTimeoutError".split(),
-        *"TarTrailerError UnpackError UnpackLimits UnpackResult UnsafeLayerError".split(),
-        *"UnsupportedOptionError VerificationError __version__ detect_compression".split(),
-        *"open_layer pull pull_async stream_layers stream_layers_async unpack".split(),
-        "unpack_async",
-    ],
-    "containers_image_proxy.config": [
-        *"AUTH_FD ChildCommand ConfigurationError DEBUG_ENV ImageProxyConfig".split(),
-        *"OPTION_FIELDS StrPath build_command validate".split(),
-    ],
-    "containers_image_proxy.errors": [
-        *"AccessDeniedError AuthenticationError BlobVerificationError BusyError".split(),
-        *"CertificateError ClosedError CompressionMismatchError ConfigurationError".split(),
-        *"ImageNotFoundError ImageProxyError InvalidDigestError InvalidDocumentError".split(),
-        *"InvalidReferenceError LayerFormatError LayerUnavailableError LimitExceededError".split(),
-        *"PolicyNotEnforcedError PolicyRejectedError ProtocolError ProxyExitedError".split(),
-        *"ProxyFailedError ProxyTooOldError RequestError SpawnError StallTimeoutError".split(),
-        *"TarTrailerError UnpackError UnsafeLayerError UnsupportedOptionError".split(),
-        "VerificationError",
-    ],
-    "containers_image_proxy.oci": [
-        *"ContainerConfig ConvertedLayerInfo DOCKER_CONFIG DOCKER_FOREIGN_LAYER".split(),
-        *"DOCKER_LAYER_GZIP DOCKER_MANIFEST_LIST DOCKER_MANIFEST_V2 Descriptor Digest".split(),
-        *"EMPTY_JSON_DIGEST Hasher History INDEX_MEDIA_TYPES ImageConfiguration".split(),
-        *"ImageIndex ImageManifest MANIFEST_MEDIA_TYPES MEDIA_TYPE_DESCRIPTOR".split(),
-        *"MEDIA_TYPE_EMPTY_JSON MEDIA_TYPE_IMAGE_CONFIG MEDIA_TYPE_IMAGE_INDEX".split(),
-        *"MEDIA_TYPE_IMAGE_MANIFEST MEDIA_TYPE_LAYER MEDIA_TYPE_LAYER_GZIP".split(),
-        *"MEDIA_TYPE_LAYER_NONDISTRIBUTABLE MEDIA_TYPE_LAYER_NONDISTRIBUTABLE_GZIP".split(),
-        *"MEDIA_TYPE_LAYER_NONDISTRIBUTABLE_ZSTD MEDIA_TYPE_LAYER_ZSTD Platform RootFS".split(),
-        *"SUPPORTED_DIGEST_ALGORITHMS convert_layer_info decode_config decode_index".split(),
-        *"decode_layer_info decode_manifest encode parse_digest".split(),
-    ],
-    "containers_image_proxy.events": [
-        *"BlobFinished BlobProgress BlobRetrying BlobStarted PullEvent PullResult".split(),
-        *"PullStarted blob_progress".split(),
-    ],
+    "containers_image_proxy": _names(
+        """
+        AccessDeniedError AsyncBlob AsyncImageProxy AsyncRawBlob AuthenticationError
+        Blob BlobFinished BlobProgress BlobRetrying BlobStarted BlobVerificationError
+        BusyError CertificateError ClosedError CompressionMismatchError
+        ConfigurationError ConvertedLayerInfo Descriptor Digest ImageConfiguration
+        ImageManifest ImageNotFoundError ImageProxy ImageProxyConfig ImageProxyError
+        InvalidDigestError InvalidDocumentError InvalidReferenceError LayerFormatError
+        LayerResult LayerStream LayerUnavailableError LayoutError LimitExceededError
+        OpenedImage PolicyNotEnforcedError PolicyRejectedError ProtocolError
+        ProxyExitedError ProxyFailedError ProxyTooOldError PullEvent PullResult
+        PullStarted RawBlob RequestError RootfsWriter SpawnError StallTimeoutError
+        TarTrailerError UnpackError UnpackLimits UnpackResult UnsafeLayerError
+        UnsupportedOptionError VerificationError __version__ detect_compression
+        open_layer pull pull_async stream_layers stream_layers_async unpack
+        unpack_async
+        """
+    ),
+    "containers_image_proxy.config": _names(
+        """
+        AUTH_FD ChildCommand ConfigurationError DEBUG_ENV ImageProxyConfig
+        OPTION_FIELDS StrPath build_command validate
+        """
+    ),
+    "containers_image_proxy.errors": _names(
+        """
+        AccessDeniedError AuthenticationError BlobVerificationError BusyError
+        CertificateError ClosedError CompressionMismatchError ConfigurationError
+        ImageNotFoundError ImageProxyError InvalidDigestError InvalidDocumentError
+        InvalidReferenceError LayerFormatError LayerUnavailableError LimitExceededError
+        PolicyNotEnforcedError PolicyRejectedError ProtocolError ProxyExitedError
+        ProxyFailedError ProxyTooOldError RequestError SpawnError StallTimeoutError
+        TarTrailerError UnpackError UnsafeLayerError UnsupportedOptionError
+        VerificationError
+        """
+    ),
+    "containers_image_proxy.oci": _names(
+        """
+        ContainerConfig ConvertedLayerInfo DOCKER_CONFIG DOCKER_FOREIGN_LAYER
+        DOCKER_LAYER_GZIP DOCKER_MANIFEST_LIST DOCKER_MANIFEST_V2 Descriptor Digest
+        EMPTY_JSON_DIGEST Hasher History INDEX_MEDIA_TYPES ImageConfiguration
+        ImageIndex ImageManifest MANIFEST_MEDIA_TYPES MEDIA_TYPE_DESCRIPTOR
+        MEDIA_TYPE_EMPTY_JSON MEDIA_TYPE_IMAGE_CONFIG MEDIA_TYPE_IMAGE_INDEX
+        MEDIA_TYPE_IMAGE_MANIFEST MEDIA_TYPE_LAYER MEDIA_TYPE_LAYER_GZIP
+        MEDIA_TYPE_LAYER_NONDISTRIBUTABLE MEDIA_TYPE_LAYER_NONDISTRIBUTABLE_GZIP
+        MEDIA_TYPE_LAYER_NONDISTRIBUTABLE_ZSTD MEDIA_TYPE_LAYER_ZSTD Platform RootFS
+        SUPPORTED_DIGEST_ALGORITHMS convert_layer_info decode_config decode_index
+        decode_layer_info decode_manifest encode parse_digest
+        """
+    ),
+    "containers_image_proxy.events": _names(
+        """
+        BlobFinished BlobProgress BlobRetrying BlobStarted PullEvent PullResult
+        PullStarted blob_progress
+        """
+    ),
 }
 
 
