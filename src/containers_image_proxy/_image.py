@@ -8,7 +8,6 @@ side of the handle: which number to send, and marking it closed.
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Self
 
 from .errors import ClosedError
@@ -62,23 +61,13 @@ class OpenedImage:
     def __enter__(self) -> Self:
         raise self._wrong_statement("async with")
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         raise self._wrong_statement("async with")
 
     async def __aenter__(self) -> Self:
         raise self._wrong_statement("with")
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         raise self._wrong_statement("with")
 
 

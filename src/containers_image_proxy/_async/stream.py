@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO, Self
 
 from .. import _protocol as proto
@@ -117,6 +116,33 @@ class AsyncBlobStream(StreamBase):
     async def _readinto(self, view: memoryview) -> int:
         raise NotImplementedError
 
+    async def _receive(self, view: memoryview) -> int:
+        """Read what the pipe has into ``view`` (0 at its end), waiting for data."""
+        raise NotImplementedError
+
+    async def _finish(self) -> None:
+        """End the transfer: check that it is complete and release what it holds."""
+        raise NotImplementedError
+
+    async def _read_accounted(self, view: memoryview) -> int:
+        """Read the next bytes into ``view``, never past the promised size.
+
+        The transfer ends (:meth:`_finish`) with its last byte or the pipe's end.
+        """
+        remaining = self._transfer.remaining()
+        if remaining is not None and remaining <= 0:
+            await self._finish()
+            return 0
+        target = view if remaining is None else view[:remaining]
+        count = await self._receive(target)
+        if count == 0:
+            await self._finish()
+            return 0
+        self._transfer.update(target[:count])
+        if count == remaining:
+            await self._finish()
+        return count
+
     async def copy_to(
         self, out: int | BinaryIO, progress: Callable[[int], object] | None = None
     ) -> int:
@@ -213,10 +239,5 @@ class AsyncBlobStream(StreamBase):
             raise ClosedError(f"blob {self.digest} is closed")
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()

@@ -50,6 +50,14 @@ def _wait_step(timeout: float | None) -> float:
     return _STOP_CHECK if timeout is None else min(_STOP_CHECK, timeout)
 
 
+def _read_now(fd: int, view: memoryview) -> int | None:
+    """Read what the pipe ``fd`` holds into ``view``; None when it holds nothing yet."""
+    try:
+        return os.readv(fd, [view])
+    except BlockingIOError:
+        return None
+
+
 def _readable_now(fd: int) -> bool:
     """Whether ``fd`` has something to read (or its end) right now; never waits."""
     poller = select.poll()
@@ -95,19 +103,7 @@ class Blob(BlobStream):
             return 0
         if not self._known:
             return self._read_unknown(view)
-        remaining = self._transfer.remaining()
-        assert remaining is not None
-        if remaining <= 0:
-            self._finish()
-            return 0
-        count = self._receive(view[:remaining])
-        if count == 0:
-            self._finish()
-            return 0
-        self._transfer.update(view[:count])
-        if count == remaining:
-            self._finish()
-        return count
+        return self._read_accounted(view)
 
     def _receive(self, view: memoryview) -> int:
         """Read what the pipe has, waiting for it; probe a silent source.
@@ -116,11 +112,7 @@ class Blob(BlobStream):
         """
         fd = self._pipe.fileno()
         channel = self._channel
-        while True:
-            try:
-                return os.readv(fd, [view])
-            except BlockingIOError:
-                pass
+        while (count := _read_now(fd, view)) is None:
             # While FinishPipe is out, its reply is awaited together with the data.
             waiting_reply = self._holding and not self._answered
             also = channel.sock.fileno() if waiting_reply else None
@@ -133,6 +125,7 @@ class Blob(BlobStream):
                 raise self._stalled()
             if silence is proto.Silence.PROBE:
                 self._probe()
+        return count
 
     def _send_finish(self) -> None:
         """Send FinishPipe under the channel's lock, which the caller took for this blob."""
@@ -344,30 +337,14 @@ class RawBlob(BlobStream):
     def _readinto(self, view: memoryview) -> int:
         if self._pipe.closed:
             return 0
-        remaining = self._transfer.remaining()
-        if remaining is not None and remaining <= 0:
-            self._complete()
-            return 0
-        target = view if remaining is None else view[:remaining]
-        count = self._receive(target)
-        if count == 0:
-            self._complete()
-            return 0
-        self._transfer.update(target[:count])
-        if count == remaining:
-            self._complete()
-        return count
+        return self._read_accounted(view)
 
     def _receive(self, view: memoryview) -> int:
         # The error pipe is watched with the data: a failed source is reported there
         # (and both pipes closed) by the worker, whatever the data pipe still holds.
         data_fd, error_fd = self._pipe.fileno(), self._errors.fileno()
         what = f"blob {self.digest}"
-        while True:
-            try:
-                return os.readv(data_fd, [view])
-            except BlockingIOError:
-                pass
+        while (count := _read_now(data_fd, view)) is None:
             also = error_fd if self._error_data is None else None
             timeout = None if self._stall is None else max(0.0, self._stall - self._transfer.idle())
             if not Backend.wait_readable(data_fd, timeout, also=also):
@@ -380,8 +357,9 @@ class RawBlob(BlobStream):
                 if error is not None:
                     self._close_pipes()
                     raise error
+        return count
 
-    def _complete(self) -> None:
+    def _finish(self) -> None:
         what = f"blob {self.digest}"
         try:
             extra = drain(self._pipe.fileno(), self._stall, what)

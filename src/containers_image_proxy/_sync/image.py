@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import logging
-from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 from .._image import OpenedImage
@@ -29,12 +28,7 @@ class SyncOpenedImage(OpenedImage):
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         if self._interrupted(exc_type):
             return
         try:
