@@ -91,7 +91,7 @@ class SyncBackend:
 
     @staticmethod
     def current_owner() -> object:
-        """Who is running: the current thread."""
+        """Return who is running: the current thread."""
         return threading.get_ident()
 
     @staticmethod
@@ -207,7 +207,7 @@ class AsyncBackend:
 
     @staticmethod
     def current_owner() -> object:
-        """Who is running: the current task (None outside of one)."""
+        """Return who is running: the current task (None outside of one)."""
         return asyncio.current_task()
 
     @staticmethod
@@ -254,7 +254,7 @@ class SyncStreamBase(io.RawIOBase):
     """Base of blocking blob streams: a readable ``io.RawIOBase``."""
 
     def readable(self) -> bool:
-        """Blob streams are readable."""
+        """Return True: blob streams are readable."""
         return True
 
 

@@ -156,6 +156,6 @@ def build_command(
 
 
 def auth_file_contents(host: str, username: str, password: str) -> bytes:
-    """A containers-auth.json document with credentials for ``host``."""
+    """Return a containers-auth.json document with credentials for ``host``."""
     token = base64.b64encode(f"{username}:{password}".encode()).decode()
     return json.dumps({"auths": {host: {"auth": token}}}).encode()

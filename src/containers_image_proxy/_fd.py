@@ -54,7 +54,7 @@ class OwnedFd:
         return self._fd is None
 
     def fileno(self) -> int:
-        """The descriptor's number.
+        """Return the descriptor's number.
 
         Raises:
             ValueError: it was closed.
@@ -160,7 +160,7 @@ def splice(
 def atomic_file(
     path: Path, *, mode: int = 0o644, prefix: str | None = None, sync: bool = True
 ) -> Iterator[BinaryIO]:
-    """A new file that replaces ``path`` only if the block succeeds.
+    """Return a new file that replaces ``path`` only if the block succeeds.
 
     It is written in the same directory (under ``prefix``, by default ``.NAME.``),
     flushed to disk when ``sync`` is true, given ``mode`` and renamed over ``path``;

@@ -43,7 +43,7 @@ class OpenedImage:
         return f"<OpenedImage {self.reference!r} {state}>"
 
     def _interrupted(self, exc_type: type[BaseException] | None) -> bool:
-        """Whether the block ended with an interrupt, in which case the image is dropped.
+        """Return whether the block ended with an interrupt, in which case the image is dropped.
 
         The proxy is about to be stopped then: asking it to close the image could
         wait on a request still in progress.
@@ -72,7 +72,7 @@ class OpenedImage:
 
 
 def image_handle(image: OpenedImage, proxy: object) -> int:
-    """The handle to send for ``image`` in a request of ``proxy``.
+    """Return the handle to send for ``image`` in a request of ``proxy``.
 
     Raises:
         ClosedError: the image belongs to another proxy, or was closed.
@@ -85,7 +85,7 @@ def image_handle(image: OpenedImage, proxy: object) -> int:
 
 
 def is_closed_on(image: object, proxy: object) -> bool:
-    """Whether ``image`` is an image of ``proxy`` that was already closed."""
+    """Return whether ``image`` is an image of ``proxy`` that was already closed."""
     return isinstance(image, OpenedImage) and image._closed and image._proxy is proxy
 
 

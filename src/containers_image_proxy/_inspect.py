@@ -95,7 +95,7 @@ def _go_field(obj: Mapping[str, Any], name: str) -> tuple[bool, Any]:
 
 
 def manifest_converted(digest: Digest, manifest: bytes) -> bool:
-    """Whether the proxy returned ``manifest`` converted (the source is Docker schema 2).
+    """Return whether the proxy returned ``manifest`` converted (the source is Docker schema 2).
 
     The proxy gives the original manifest's digest and, for an OCI source, the
     original bytes; only a converted manifest hashes to something else.
@@ -104,7 +104,7 @@ def manifest_converted(digest: Digest, manifest: bytes) -> bool:
 
 
 def source_layer_media_type(media_type: str, converted: bool) -> str:
-    """The source's layer media type: the Docker one an OCI type was converted from."""
+    """Return the source's layer media type: the Docker one an OCI type was converted from."""
     if not converted:
         return media_type
     return DOCKER_LAYER_FROM_OCI.get(media_type, media_type)
@@ -161,7 +161,7 @@ def _layers_data(manifest: Mapping[str, Any], converted: bool) -> list[dict[str,
 
 
 def _empty_in_original(original: Mapping[str, Any] | None, key: str) -> Any:
-    """``{}``/``[]`` when the original configuration has ``key`` empty, else None.
+    """Return ``{}``/``[]`` when the original configuration has ``key`` empty, else None.
 
     The proxy re-serialises configurations and leaves empty ``Labels`` and ``Env``
     out; skopeo reads the original and shows them empty rather than ``null``.
@@ -180,7 +180,7 @@ def _empty_in_original(original: Mapping[str, Any] | None, key: str) -> Any:
 def _config_fields(
     config: Mapping[str, Any], original: Mapping[str, Any] | None, converted: bool
 ) -> dict[str, Any]:
-    """``Created``, ``DockerVersion``, ``Labels`` and ``Env`` as skopeo shows them."""
+    """Return ``Created``, ``DockerVersion``, ``Labels`` and ``Env`` as skopeo shows them."""
     section = config.get("config")
     if not isinstance(section, dict):
         section = {}
@@ -205,7 +205,7 @@ def _config_fields(
 
 
 def skopeo_inspect(image: InspectedImage) -> dict[str, Any]:
-    """The object ``skopeo inspect`` prints for ``image``, keys in skopeo's order.
+    """Return the object ``skopeo inspect`` prints for ``image``, keys in skopeo's order.
 
     ``Name`` is present only when the reference carries a Docker reference (as
     skopeo omits it). See the module documentation for the values the proxy
@@ -255,7 +255,7 @@ _GO_ESCAPES: Final = str.maketrans(
 
 
 def go_json(value: object) -> str:
-    """``value`` as Go's ``json.MarshalIndent(value, "", "    ")`` writes it, plus a newline.
+    """Return ``value`` as Go's ``json.MarshalIndent(value, "", "    ")`` writes it, plus a newline.
 
     Non-ASCII characters are written as they are, and ``<``, ``>``, ``&``, U+2028
     and U+2029 as ``\\u`` escapes (those characters only occur inside strings).
@@ -267,7 +267,7 @@ _JSON_FORMAT = re.compile(r"\s*(?:json|\{\{\s*json\s*\.?\s*\}\})\s*")
 
 
 def is_json_format(text: str) -> bool:
-    """Whether ``--format text`` asks for the JSON report (``json`` or ``{{json .}}``)."""
+    """Return whether ``--format text`` asks for the JSON report (``json`` or ``{{json .}}``)."""
     return _JSON_FORMAT.fullmatch(text) is not None
 
 
@@ -280,7 +280,7 @@ _RFC3339 = re.compile(
 
 
 def go_time_string(text: str | None) -> str:
-    """A JSON time as Go's ``time.Time.String`` prints it (what templates show).
+    """Return a JSON time as Go's ``time.Time.String`` prints it (what templates show).
 
     ``2024-01-01T00:00:00Z`` becomes ``2024-01-01 00:00:00 +0000 UTC``; an offset
     other than zero is shown as Go shows a zone without a name (``+0200 +0200``).
@@ -299,7 +299,7 @@ def go_time_string(text: str | None) -> str:
 
 
 def _go_print(key: str, value: Any) -> str:
-    """``value`` as Go's ``fmt.Print`` shows skopeo's field ``key``."""
+    """Return ``value`` as Go's ``fmt.Print`` shows skopeo's field ``key``."""
     if key == "Created":
         return go_time_string(value)
     if key in ("Labels",):
@@ -311,7 +311,7 @@ def _go_print(key: str, value: Any) -> str:
 
 
 def _parse_template(template: str) -> list[tuple[str, str | None]]:
-    """``template`` as (literal text, field or None) pairs; raises :class:`TemplateError`."""
+    """Return ``template`` as (literal text, field or None) pairs; raises :class:`TemplateError`."""
     parts: list[tuple[str, str | None]] = []
     position = 0
     for match in _ACTION.finditer(template):
@@ -357,7 +357,7 @@ def render_template(template: str, report: Mapping[str, Any]) -> str:
 
 
 def raw_manifest_note(reference: str, digest: Digest, printed: Digest) -> str:
-    """What ``inspect --raw`` says on standard error when the manifest was converted."""
+    """Return what ``inspect --raw`` says on standard error when the manifest was converted."""
     return (
         f"{reference} has a Docker schema 2 manifest, which the image proxy only returns"
         f" converted to OCI: printing the conversion (its digest: {printed}); the original"
@@ -366,7 +366,7 @@ def raw_manifest_note(reference: str, digest: Digest, printed: Digest) -> str:
 
 
 def raw_config_note(reference: str, digest: Digest, printed: Digest) -> str:
-    """What ``inspect --raw --config`` says on standard error for a converted image."""
+    """Return what ``inspect --raw --config`` says on standard error for a converted image."""
     return (
         f"{reference} has a Docker schema 2 manifest, whose original configuration the"
         f" image proxy cannot return: printing its OCI conversion (its digest: {printed});"
@@ -375,7 +375,7 @@ def raw_config_note(reference: str, digest: Digest, printed: Digest) -> str:
 
 
 def inspect_table(image: InspectedImage, report: Mapping[str, Any]) -> str:
-    """The human-readable layout of ``inspect --format table``."""
+    """Return the human-readable layout of ``inspect --format table``."""
     from rich.filesize import decimal as human_size
 
     config = _json_object(image.config, "image configuration")

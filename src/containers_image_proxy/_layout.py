@@ -41,7 +41,7 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def _new_file(path: Path) -> Iterator[BinaryIO]:
-    """An :func:`~containers_image_proxy._fd.atomic_file` for ``path``.
+    """Return an :func:`~containers_image_proxy._fd.atomic_file` for ``path``.
 
     It is named ``.PID-...``, so that a later writer can remove it if this process
     dies. A file that cannot even be created raises :class:`LayoutError`.
@@ -85,11 +85,11 @@ class Layout:
                     path.unlink(missing_ok=True)
 
     def blob_path(self, digest: Digest) -> Path:
-        """Where the blob with ``digest`` lives."""
+        """Return where the blob with ``digest`` lives."""
         return self.root / "blobs" / digest.algorithm / digest.encoded
 
     def has_blob(self, digest: Digest, size: int) -> bool:
-        """Whether the blob is present, with the right size and content."""
+        """Return whether the blob is present, with the right size and content."""
         path = self.blob_path(digest)
         try:
             if path.stat().st_size != size:
@@ -104,7 +104,7 @@ class Layout:
 
     @contextlib.contextmanager
     def new_blob(self, digest: Digest) -> Iterator[BinaryIO]:
-        """A temporary file that becomes the blob ``digest`` if the block succeeds."""
+        """Return a temporary file that becomes the blob ``digest`` if the block succeeds."""
         path = self.blob_path(digest)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +129,7 @@ class Layout:
         return True
 
     def read_head(self, digest: Digest, size: int) -> bytes:
-        """The first ``size`` bytes of a stored blob (fewer for a shorter blob)."""
+        """Return the first ``size`` bytes of a stored blob (fewer for a shorter blob)."""
         path = self.blob_path(digest)
         try:
             with path.open("rb") as f:

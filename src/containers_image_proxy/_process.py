@@ -76,7 +76,7 @@ def _check_executable(command: str) -> None:
 
 
 def socket_pair() -> tuple[socket.socket, socket.socket]:
-    """A SOCK_SEQPACKET pair: (ours, the child's). Both close-on-exec."""
+    """Return a SOCK_SEQPACKET pair: (ours, the child's). Both close-on-exec."""
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
 
@@ -101,7 +101,8 @@ class ChildProcess:
     def __init__(self, command: ChildCommand, child_socket: socket.socket) -> None:
         """Start ``command`` with ``child_socket`` as its standard input.
 
-        Raises :class:`SpawnError` if the command cannot be executed.
+        Raises:
+            SpawnError: the command cannot be executed.
         """
         self._tail: collections.deque[bytes] = collections.deque()
         self._tail_size = 0
@@ -189,7 +190,7 @@ class ChildProcess:
             self._stderr_done.set()
 
     def stderr_tail(self, wait: float = 0.0) -> str:
-        """The last part of what the child wrote to stderr.
+        """Return the last part of what the child wrote to stderr.
 
         ``wait`` gives the drain thread that long to reach end-of-file first.
         """
@@ -205,7 +206,7 @@ class ChildProcess:
         return self.returncode
 
     def has_exited(self) -> bool:
-        """Whether the child has exited (and was reaped)."""
+        """Return whether the child has exited (and was reaped)."""
         return self._exited.is_set()
 
     def stop(self, grace: float = 5.0) -> int | None:

@@ -102,12 +102,12 @@ def check_version(version: ProtocolVersion) -> None:
 
 
 def supports(method: str, version: ProtocolVersion) -> bool:
-    """Whether a proxy speaking ``version`` has ``method``."""
+    """Return whether a proxy speaking ``version`` has ``method``."""
     return version >= METHOD_VERSIONS.get(method, MIN_VERSION)
 
 
 def enforces_policy(version: ProtocolVersion) -> bool:
-    """Whether a proxy speaking ``version`` checks the signature policy at OpenImage."""
+    """Return whether a proxy speaking ``version`` checks the signature policy at OpenImage."""
     return version >= POLICY_VERSION
 
 
@@ -209,7 +209,7 @@ _UNKNOWN_FLAG = re.compile(r"unknown flag: (--[A-Za-z0-9][A-Za-z0-9._-]*)")
 def startup_error(
     error: ProxyExitedError, flags: Mapping[str, tuple[str, str]]
 ) -> UnsupportedOptionError | None:
-    """The option skopeo refused at start, when ``error`` says it exited for that.
+    """Return the option skopeo refused at start, when ``error`` says it exited for that.
 
     ``flags`` maps each option given to skopeo to the configuration field that asked
     for it and what to do without it. None when the exit had another cause.
@@ -232,7 +232,7 @@ _STORAGE_HINT = (
 
 
 def is_storage_missing(reference: str, error: RequestError) -> bool:
-    """Whether ``error`` says that the ``containers-storage:`` image ``reference`` is missing.
+    """Return whether ``error`` says the ``containers-storage:`` image ``reference`` is missing.
 
     OpenImageOptional answers None then; skopeo reports some of these as failures.
     """
@@ -242,7 +242,7 @@ def is_storage_missing(reference: str, error: RequestError) -> bool:
 def open_error(
     reference: str, error: RequestError, storage_conf: str | None = None
 ) -> RequestError:
-    """The error to raise when OpenImage of ``reference`` failed with ``error``.
+    """Return the error to raise when OpenImage of ``reference`` failed with ``error``.
 
     For ``containers-storage:`` references, an image ID that the store lacks (skopeo
     then fails to parse the ID as a name) becomes :class:`ImageNotFoundError`, a
@@ -264,7 +264,7 @@ def open_error(
 
 
 def is_broken_pipe(error: RequestError) -> bool:
-    """Whether ``error`` reports that the client closed a pipe before its end."""
+    """Return whether ``error`` reports that the client closed a pipe before its end."""
     return error.code == "EPIPE" or (
         error.code is None and bool(_BROKEN_PIPE.search(error.message))
     )
@@ -283,7 +283,7 @@ _TRANSIENT = re.compile(
 
 
 def is_transient(error: BaseException) -> bool:
-    """Whether trying the same transfer again may succeed.
+    """Return whether trying the same transfer again may succeed.
 
     True for what the proxy marks ``retryable`` (protocol 0.2.8), for a stall, and
     for a failure whose message names a cut connection, a timeout or an HTTP 5xx or
@@ -346,7 +346,7 @@ class PipeWatch:
         self._next_probe = probe_interval
 
     def timeout(self) -> float | None:
-        """Seconds to wait for data before :meth:`silence` has something to decide."""
+        """Return the seconds to wait for data before :meth:`silence` has something to decide."""
         idle = self.transfer.idle()
         limits = [] if self.stall is None else [self.stall - idle]
         if not self.probing and self._next_probe is not None:
@@ -354,7 +354,7 @@ class PipeWatch:
         return max(0.0, min(limits)) if limits else None
 
     def silence(self) -> Silence:
-        """What the silence so far calls for."""
+        """Return what the silence so far calls for."""
         idle = self.transfer.idle()
         if self.stall is not None and idle >= self.stall:
             return Silence.STALL
@@ -367,7 +367,7 @@ class PipeWatch:
         self.probing = True
 
     def probe_deferred(self) -> None:
-        """The proxy is busy with another request: try the probe again a little later."""
+        """Try the probe again a little later: the proxy is busy with another request."""
         self._next_probe = self.transfer.idle() + PROBE_RETRY
 
 
@@ -443,17 +443,17 @@ def _expect_int(method: str, value: object, minimum: int) -> int:
 
 
 def image_handle(method: str, value: object, *, optional: bool = False) -> int:
-    """The image handle in a reply to OpenImage (or 0 for a missing optional image)."""
+    """Return the image handle in a reply to OpenImage (or 0 for a missing optional image)."""
     return _expect_int(method, value, 0 if optional else 1)
 
 
 def blob_size(method: str, value: object) -> int:
-    """The blob size in a reply to GetBlob or GetRawBlob; -1 means unknown."""
+    """Return the blob size in a reply to GetBlob or GetRawBlob; -1 means unknown."""
     return _expect_int(method, value, -1)
 
 
 def manifest_digest(value: object) -> Digest:
-    """The digest of the original manifest in a reply to GetManifest."""
+    """Return the digest of the original manifest in a reply to GetManifest."""
     if not isinstance(value, str):
         raise ProtocolError(f"reply to GetManifest has an invalid digest: {value!r}")
     try:
@@ -502,7 +502,7 @@ class Transfer:
         self._hasher: Any = digest.hasher() if verify else None
 
     def remaining(self) -> int | None:
-        """Bytes still due, or ``None`` when the size is unknown."""
+        """Return the bytes still due, or ``None`` when the size is unknown."""
         return None if self.expected is None else self.expected - self.received
 
     def update(self, chunk: bytes | memoryview) -> None:
@@ -520,7 +520,7 @@ class Transfer:
         self.last_data = time.monotonic()
 
     def idle(self) -> float:
-        """Seconds since data last arrived (or since the transfer began)."""
+        """Return the seconds since data last arrived (or since the transfer began)."""
         return time.monotonic() - self.last_data
 
     def check_complete(self, extra: int = 0) -> None:

@@ -62,28 +62,28 @@ _DIGEST_LIKE = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[0-9a-fA-F]{32,}")
 
 
 def split_transport(reference: str) -> tuple[str, str] | None:
-    """``(transport, rest)`` of ``transport:rest``; None without a colon."""
+    """Return ``(transport, rest)`` of ``transport:rest``; None without a colon."""
     transport, colon, rest = reference.partition(":")
     return (transport, rest) if colon else None
 
 
 def is_storage(reference: str) -> bool:
-    """Whether ``reference`` names an image of the ``containers-storage:`` transport."""
+    """Return whether ``reference`` names an image of the ``containers-storage:`` transport."""
     return reference.startswith(f"{STORAGE}:")
 
 
 def is_image_id(text: str) -> bool:
-    """Whether ``text`` is a full image ID (64 lowercase hex digits)."""
+    """Return whether ``text`` is a full image ID (64 lowercase hex digits)."""
     return _IMAGE_ID.fullmatch(text) is not None
 
 
 def is_digest(text: str) -> bool:
-    """Whether ``text`` is a digest as references carry them (sha256, sha384, sha512)."""
+    """Return whether ``text`` is a digest as references carry them (sha256, sha384, sha512)."""
     return _DIGEST_VALUE.fullmatch(text) is not None
 
 
 def strip_store(rest: str) -> str | None:
-    """The image part of a storage reference's ``[STORE]IMAGE``; None if ``[`` never ends."""
+    """Return the image part of a storage reference's ``[STORE]IMAGE``; None if ``[`` never ends."""
     if not rest.startswith("["):
         return rest
     close = rest.find("]")
@@ -91,7 +91,7 @@ def strip_store(rest: str) -> str | None:
 
 
 def storage_image_id(reference: str) -> str | None:
-    """The image ID a ``containers-storage:`` reference consists of (``ID`` or ``@ID``)."""
+    """Return the image ID a ``containers-storage:`` reference consists of (``ID`` or ``@ID``)."""
     if not is_storage(reference):
         return None
     image = strip_store(reference[len(STORAGE) + 1 :])
@@ -107,7 +107,7 @@ def storage_image_id(reference: str) -> str | None:
 
 
 def split_domain(name: str) -> tuple[str, str]:
-    """A Docker name's registry host and the rest, as ``docker pull`` splits them.
+    """Return a Docker name's registry host and the rest, as ``docker pull`` splits them.
 
     The first component is the host when it looks like one (a dot, a port, or
     ``localhost``); else the host is ``docker.io`` (``index.docker.io`` also is).
@@ -121,7 +121,7 @@ def split_domain(name: str) -> tuple[str, str]:
 
 
 def registry_host(reference: str) -> str | None:
-    """The registry host of a ``docker://`` reference, as auth files key it."""
+    """Return the registry host of a ``docker://`` reference, as auth files key it."""
     if not reference.startswith("docker://"):
         return None
     return split_domain(reference[len("docker://") :])[0]
@@ -174,7 +174,7 @@ def _repository(text: str) -> str | None:
 
 
 def docker_reference_name(reference: str) -> str | None:
-    """The repository name ``skopeo inspect`` shows as ``Name``, or None when it has none.
+    """Return the repository name ``skopeo inspect`` shows as ``Name``, or None when it has none.
 
     Only references that carry a Docker reference have one: ``docker://`` (the
     repository, expanded as ``docker.io/library/...``), ``docker-archive:`` with a
@@ -212,7 +212,7 @@ def docker_reference_name(reference: str) -> str | None:
 
 
 def name_tag(name: str) -> str | None:
-    """The tag of an image name: ``example.com/x:1`` gives ``1``; a bare tag itself."""
+    """Return the tag of an image name: ``example.com/x:1`` gives ``1``; a bare tag itself."""
     if _TAG.fullmatch(name):
         return name
     last = name.rsplit("/", 1)[-1].split("@", 1)[0]
@@ -234,7 +234,7 @@ def _registry_tag(transport: str, rest: str) -> str | None:
 
 
 def default_tag(reference: str) -> str | None:
-    """The tag a reference names (``docker://x/y:TAG``, ``oci:DIR:TAG``), if any.
+    """Return the tag a reference names (``docker://x/y:TAG``, ``oci:DIR:TAG``), if any.
 
     Registry-like names without a tag (``docker://``, ``containers-storage:``,
     ``docker-daemon:``) mean ``latest``, as they do to skopeo.

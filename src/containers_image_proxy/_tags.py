@@ -47,7 +47,7 @@ def _archive_json(path: str, name: str) -> Any:
 
 
 def _pick(entries: list[Any], selector: str) -> Any:
-    """The entry ``@N`` names, or the only one."""
+    """Return the entry ``@N`` names, or the only one."""
     if selector.startswith("@"):
         index = int(selector[1:])
         return entries[index] if 0 <= index < len(entries) else None
@@ -55,7 +55,7 @@ def _pick(entries: list[Any], selector: str) -> Any:
 
 
 def image_tag(reference: str) -> str | None:
-    """The tag an OCI layout, OCI archive or docker archive gives its image, if any.
+    """Return the tag an OCI layout, OCI archive or docker archive gives its image, if any.
 
     Reads the layout's or archive's ``index.json`` / ``manifest.json``; a reference
     of any other transport, or metadata that cannot be read, gives None.
@@ -87,7 +87,7 @@ def image_tag(reference: str) -> str | None:
 
 
 def resolve_tag(reference: str, tag: str | None) -> tuple[str, TagOrigin]:
-    """The tag a pull of ``reference`` stores its image under, and where it came from.
+    """Return the tag a pull of ``reference`` stores its image under, and where it came from.
 
     Reads local archive metadata (see :func:`image_tag`): call it off the event loop.
     """

@@ -236,7 +236,10 @@ def validate(config: ImageProxyConfig) -> None:
     """Check every field's type and value, and options that exclude each other.
 
     Runs when a configuration is made, and again before a proxy starts (the fields
-    may have been changed in between). Raises :class:`ConfigurationError`.
+    may have been changed in between).
+
+    Raises:
+        ConfigurationError: a field is invalid, or options exclude each other.
     """
     _check_types(config)
     _check_retry_options(config)

@@ -84,7 +84,7 @@ class AsyncChannelLock:
         self._holder = ""
 
     def locked(self) -> bool:
-        """Whether someone holds the lock."""
+        """Return whether someone holds the lock."""
         return self._lock.locked()
 
     def _check(self, owner: object) -> None:
@@ -156,7 +156,7 @@ class AsyncChannel:
         return failure
 
     async def died(self, method: str) -> ImageProxyError:
-        """The channel broke during ``method``: the proxy's exit, as an error."""
+        """Return the proxy's exit, as an error: the channel broke during ``method``."""
         returncode = await Backend.run_blocking(self.child.wait, _EXIT_WAIT)
         tail = await Backend.run_blocking(self.child.stderr_tail, 1.0)
         return self.break_with(ProxyExitedError(method, returncode, tail))

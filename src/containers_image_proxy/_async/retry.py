@@ -53,7 +53,7 @@ RetryCallback = Callable[[BlobRetrying], object]
 
 
 def retry_policy(config: ImageProxyConfig) -> RetryPolicy:
-    """The retry policy ``config`` asks for."""
+    """Return the retry policy ``config`` asks for."""
     return RetryPolicy(config.retry_times, config.retry_delay)
 
 
@@ -98,7 +98,12 @@ class AsyncImageSource:
         return self.proxy.config
 
     async def open(self) -> Self:
-        """Start the proxy (unless one was given) and open the image."""
+        """Start the proxy (unless one was given) and open the image.
+
+        Raises:
+            ImageProxyError: as :meth:`AsyncImageProxy.open` and
+                :meth:`AsyncImageProxy.open_image`.
+        """
         if self._proxy is None:
             self._proxy = await AsyncImageProxy(self._config).open()
         try:
@@ -111,7 +116,12 @@ class AsyncImageSource:
         return self
 
     async def renew(self) -> None:
-        """Replace a proxy of ours that can no longer serve requests; reopen the image."""
+        """Replace a proxy of ours that can no longer serve requests; reopen the image.
+
+        Raises:
+            ClosedError: the source was stopped.
+            ImageProxyError: the new proxy could not start or open the image.
+        """
         old = self.proxy
         if usable(old) or not self.owned:
             return
@@ -172,6 +182,9 @@ async def retry_transfer(
 
     Before each retry, :class:`BlobRetrying` goes to ``on_retry`` and ``retries``,
     the policy's delay passes, and ``source`` renews a proxy that broke.
+
+    Raises:
+        ImageProxyError: the last attempt's error, once the policy gives up.
     """
     done = 0
     while True:
@@ -242,7 +255,11 @@ class AsyncResumingBlob(AsyncBlob):
         self.retries: list[BlobRetrying] = []
 
     async def open(self) -> Self:
-        """Ask for the blob (trying again as the policy allows); returns the blob."""
+        """Ask for the blob (trying again as the policy allows); return the blob itself.
+
+        Raises:
+            ImageProxyError: the last attempt's error, once the policy gives up.
+        """
         await self._attempt(self._ensure_inner)
         return self
 
@@ -261,7 +278,7 @@ class AsyncResumingBlob(AsyncBlob):
             await Backend.sleep(event.delay)
 
     async def _ensure_inner(self) -> AsyncBlob:
-        """The transfer of the current attempt, started (and resumed) when there is none."""
+        """Return the transfer of the current attempt, started (and resumed) when there is none."""
         if self._inner is not None:
             return self._inner
         source = self._source

@@ -37,7 +37,7 @@ _IDLE_STALLED = 1.0
 
 
 def _looks_stalled(fd: int, transfer: proto.Transfer) -> bool:
-    """Whether a pipe is empty and has seen no data for a while."""
+    """Return whether a pipe is empty and has seen no data for a while."""
     try:
         pending = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
     except OSError:
@@ -46,7 +46,7 @@ def _looks_stalled(fd: int, transfer: proto.Transfer) -> bool:
 
 
 def _wait_step(timeout: float | None) -> float:
-    """One wait of the splice thread: short, so that it sees a stop request soon."""
+    """Return how long the splice thread waits at once: short, to see a stop request soon."""
     return _STOP_CHECK if timeout is None else min(_STOP_CHECK, timeout)
 
 
@@ -59,7 +59,7 @@ def _read_now(fd: int, view: memoryview) -> int | None:
 
 
 def _readable_now(fd: int) -> bool:
-    """Whether ``fd`` has something to read (or its end) right now; never waits."""
+    """Return whether ``fd`` has something to read (or its end) right now; never waits."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     return bool(poller.poll(0))

@@ -86,7 +86,7 @@ class SyncChannelLock:
         self._holder = ""
 
     def locked(self) -> bool:
-        """Whether someone holds the lock."""
+        """Return whether someone holds the lock."""
         return self._lock.locked()
 
     def _check(self, owner: object) -> None:
@@ -158,7 +158,7 @@ class SyncChannel:
         return failure
 
     def died(self, method: str) -> ImageProxyError:
-        """The channel broke during ``method``: the proxy's exit, as an error."""
+        """Return the proxy's exit, as an error: the channel broke during ``method``."""
         returncode = Backend.run_blocking(self.child.wait, _EXIT_WAIT)
         tail = Backend.run_blocking(self.child.stderr_tail, 1.0)
         return self.break_with(ProxyExitedError(method, returncode, tail))

@@ -72,6 +72,11 @@ class ImageProxy:
     """
 
     def __init__(self, config: ImageProxyConfig | None = None) -> None:
+        """Prepare a proxy for ``config``; nothing starts before :meth:`open`.
+
+        Raises:
+            ConfigurationError: the configuration is invalid.
+        """
         self.config = config or ImageProxyConfig()
         self._command = build_command(self.config)
         self._channel: SyncChannel | None = None
@@ -97,7 +102,11 @@ class ImageProxy:
         return self._child.pid
 
     def supports(self, method: str) -> bool:
-        """Whether the running proxy has protocol ``method`` (e.g. ``"GetRawBlob"``)."""
+        """Return whether the running proxy has protocol ``method`` (e.g. ``"GetRawBlob"``).
+
+        Raises:
+            ClosedError: the proxy is not open.
+        """
         self._live()
         return proto.supports(method, self._version)
 
@@ -113,7 +122,15 @@ class ImageProxy:
         return ours, child
 
     def open(self) -> ImageProxy:
-        """Start skopeo and initialize the protocol; returns the proxy itself."""
+        """Start skopeo and initialize the protocol; return the proxy itself.
+
+        Raises:
+            ClosedError: the proxy was closed before.
+            SpawnError: the skopeo command cannot be started.
+            UnsupportedOptionError: the installed skopeo lacks an option the configuration asks for.
+            ProxyTooOldError: the proxy speaks a protocol older than 0.2.3.
+            ProxyExitedError: skopeo exited during the start.
+        """
         if self._closed:
             raise ClosedError("this proxy was closed; create a new one")
         if self._channel is not None:
@@ -209,17 +226,40 @@ class ImageProxy:
         return image
 
     def open_image(self, reference: str) -> OpenedImage:
-        """Open an image, e.g. ``"docker://quay.io/fedora/fedora:latest"`` or ``"oci:DIR:TAG"``."""
+        """Open an image, e.g. ``"docker://quay.io/fedora/fedora:latest"`` or ``"oci:DIR:TAG"``.
+
+        Raises:
+            InvalidReferenceError: the reference is malformed or empty.
+            ImageNotFoundError: the source has no such image.
+            PolicyRejectedError: the signature policy refused the image.
+            PolicyNotEnforcedError: a policy applies, and this proxy would not enforce it.
+            ConfigurationError: the signature policy file cannot be read (before 0.2.6).
+            RequestError: the proxy failed otherwise (its subclasses tell why).
+            ClosedError: the proxy or the image is closed, or the image is another proxy's.
+            ProxyExitedError: skopeo exited.
+        """
         image = self._open("OpenImage", reference)
         assert image is not None
         return image
 
     def open_image_optional(self, reference: str) -> OpenedImage | None:
-        """Open an image, or return None if it does not exist (protocol 0.2.4+)."""
+        """Open an image, or return None if it does not exist (protocol 0.2.4+).
+
+        Raises:
+            ProxyTooOldError: the proxy speaks a protocol older than 0.2.4.
+            RequestError: as :meth:`open_image`, a missing image aside.
+            ClosedError: the proxy or the image is closed, or the image is another proxy's.
+            ProxyExitedError: skopeo exited.
+        """
         return self._open("OpenImageOptional", reference)
 
     def close_image(self, image: OpenedImage) -> None:
-        """Close an image; closing it twice is harmless."""
+        """Close an image; closing it twice is harmless.
+
+        Raises:
+            ClosedError: the proxy or the image is closed, or the image is another proxy's.
+            ProxyExitedError: skopeo exited.
+        """
         if is_closed_on(image, self):
             return
         handle = self._handle(image)
@@ -237,27 +277,57 @@ class ImageProxy:
             return reply.value, channel.read_piped(method, reply)
 
     def fetch_manifest_raw_oci(self, image: OpenedImage) -> tuple[Digest, bytes]:
-        """The manifest converted to OCI, and the digest of the original manifest."""
+        """Return the manifest converted to OCI, and the digest of the original manifest.
+
+        Raises:
+            RequestError: the proxy could not fetch it.
+            StallTimeoutError: the manifest stopped arriving.
+            ClosedError: the proxy or the image is closed, or the image is another proxy's.
+            ProxyExitedError: skopeo exited.
+        """
         value, data = self._fetch_piped("GetManifest", image)
         return proto.manifest_digest(value), data
 
     def fetch_manifest(self, image: OpenedImage) -> tuple[Digest, ImageManifest]:
-        """The manifest, decoded, and the digest of the original manifest."""
+        """Return the manifest, decoded, and the digest of the original manifest.
+
+        Raises:
+            InvalidDocumentError: the manifest is not a valid image manifest.
+            RequestError: as :meth:`fetch_manifest_raw_oci`.
+        """
         digest, data = self.fetch_manifest_raw_oci(image)
         return digest, decode_manifest(data)
 
     def fetch_config_raw(self, image: OpenedImage) -> bytes:
-        """The full image configuration as OCI JSON bytes."""
+        """Return the full image configuration as OCI JSON bytes.
+
+        Raises:
+            RequestError: the proxy could not fetch it.
+            StallTimeoutError: the configuration stopped arriving.
+            ClosedError: the proxy or the image is closed, or the image is another proxy's.
+            ProxyExitedError: skopeo exited.
+        """
         return (self._fetch_piped("GetFullConfig", image))[1]
 
     def fetch_config(self, image: OpenedImage) -> ImageConfiguration:
-        """The full image configuration, decoded."""
+        """Return the full image configuration, decoded.
+
+        Raises:
+            InvalidDocumentError: the configuration is not a valid image configuration.
+            RequestError: as :meth:`fetch_config_raw`.
+        """
         return decode_config(self.fetch_config_raw(image))
 
     def get_blob(self, image: OpenedImage, digest: Digest | str, size: int) -> Blob:
         """Stream a blob; the proxy checks that it has ``size`` bytes and ``digest``.
 
-        A ``size`` that differs from the source's raises :class:`VerificationError`.
+        Raises:
+            VerificationError: ``size`` differs from the size the source reports.
+            InvalidDigestError: ``digest`` is malformed.
+            ValueError: ``size`` is out of range (TypeError: not an int).
+            RequestError: the proxy refused the blob (ImageNotFoundError: no such blob).
+            ClosedError: the proxy or the image is closed, or the image is another proxy's.
+            ProxyExitedError: skopeo exited.
         """
         handle = self._handle(image)
         digest = parse_digest(digest)
@@ -286,7 +356,11 @@ class ImageProxy:
         return blob
 
     def get_descriptor(self, image: OpenedImage, descriptor: Descriptor) -> Blob:
-        """Stream the blob a descriptor names; see :meth:`get_blob`."""
+        """Stream the blob a descriptor names.
+
+        Raises:
+            RequestError: as :meth:`get_blob`, whose errors it raises.
+        """
         return self.get_blob(image, descriptor.digest, descriptor.size)
 
     def get_raw_blob(
@@ -301,6 +375,14 @@ class ImageProxy:
 
         Digest and size are verified here while the data streams, unless ``verify``
         is false. ``size``, when given, must match what the source reports.
+
+        Raises:
+            ProxyTooOldError: the proxy speaks a protocol older than 0.2.8.
+            VerificationError: ``size`` differs from the size the source reports.
+            InvalidDigestError: ``digest`` is malformed.
+            RequestError: the proxy refused the blob.
+            ClosedError: the proxy or the image is closed, or the image is another proxy's.
+            ProxyExitedError: skopeo exited.
         """
         handle = self._handle(image)
         digest = parse_digest(digest)
@@ -325,9 +407,15 @@ class ImageProxy:
         return RawBlob((data, errors), transfer, self.config.stall_timeout)
 
     def get_layer_info(self, image: OpenedImage) -> list[ConvertedLayerInfo] | None:
-        """Layer digests, sizes and media types as the proxy would deliver them.
+        """Return the layer digests, sizes and media types as the proxy would deliver them.
 
         Piped on protocol 0.2.7+, inline on 0.2.5 and 0.2.6; None on older proxies.
+
+        Raises:
+            ProtocolError: the inline answer (0.2.5, 0.2.6) overflows the packet limit.
+            RequestError: the proxy could not tell.
+            ClosedError: the proxy or the image is closed, or the image is another proxy's.
+            ProxyExitedError: skopeo exited.
         """
         if proto.supports("GetLayerInfoPiped", self._version):
             return decode_layer_info((self._fetch_piped("GetLayerInfoPiped", image))[1])
@@ -341,6 +429,9 @@ class ImageProxy:
         """Shut the proxy down and wait for skopeo to exit; raise if it failed.
 
         Calling it again, or on a proxy that never opened, does nothing.
+
+        Raises:
+            ProxyFailedError: skopeo exited with a failure status.
         """
         channel, self._channel = self._channel, None
         self._closed = True
@@ -370,7 +461,11 @@ class ImageProxy:
         _log.debug("skopeo pid=%d exited", child.pid)
 
     def close(self) -> None:
-        """Same as :meth:`finalize`."""
+        """Shut the proxy down, as :meth:`finalize` does.
+
+        Raises:
+            ProxyFailedError: skopeo exited with a failure status.
+        """
         self.finalize()
 
     def __del__(self) -> None:
@@ -386,7 +481,7 @@ class ImageProxy:
 
 
 def usable(proxy: ImageProxy) -> bool:
-    """Whether ``proxy`` is open and can still serve requests."""
+    """Return whether ``proxy`` is open and can still serve requests."""
     return proxy._channel is not None and proxy._channel.failure is None
 
 

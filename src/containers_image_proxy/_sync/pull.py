@@ -67,7 +67,7 @@ ProgressCallback = Callable[[PullEvent], object]
 
 
 def _fetch_config(proxy: ImageProxy, image: OpenedImage, descriptor: Descriptor) -> bytes:
-    """The config blob's exact bytes (docs/protocol.md, Observed: configuration bytes)."""
+    """Return the config blob's exact bytes (docs/protocol.md, Observed: configuration bytes)."""
     try:
         with proxy.get_descriptor(image, descriptor) as blob:
             return blob.read()
@@ -83,7 +83,7 @@ def _fetch_config(proxy: ImageProxy, image: OpenedImage, descriptor: Descriptor)
 def layer_info(
     proxy: ImageProxy, image: OpenedImage, manifest: ImageManifest
 ) -> list[ConvertedLayerInfo] | None:
-    """GetLayerInfo's answer where the proxy can give it, else None.
+    """Return GetLayerInfo's answer where the proxy can give it, else None.
 
     None before protocol 0.2.5, and on 0.2.5 and 0.2.6 for images whose answer
     overflows the inline reply's packet (the layers' bytes then tell their types).
@@ -259,7 +259,7 @@ def pull(
 
 
 def _present(layout: Layout, blobs: tuple[Descriptor, ...]) -> set[Digest]:
-    """The blobs already stored whole in ``layout``."""
+    """Return the blobs already stored whole in ``layout``."""
     return {blob.digest for blob in blobs if layout.has_blob(blob.digest, blob.size)}
 
 
@@ -298,7 +298,7 @@ def _store_manifest(
 
 
 def _index_entry(stored: _Stored) -> dict[str, Any]:
-    """The entry of index.json that names the stored manifest."""
+    """Return the entry of index.json that names the stored manifest."""
     entry: dict[str, Any] = {
         "mediaType": stored.manifest.media_type or MEDIA_TYPE_IMAGE_MANIFEST,
         "digest": str(stored.digest),
@@ -320,7 +320,7 @@ def _check_diff_ids(config: bytes, layers: list[Descriptor]) -> None:
 
 
 def _corrected_manifest(raw: bytes, layers: list[Descriptor], source_digest: Digest) -> bytes:
-    """The manifest ``raw`` with true layer descriptors and the source's digest noted."""
+    """Return the manifest ``raw`` with true layer descriptors and the source's digest noted."""
     document = json.loads(raw)
     for entry, layer in zip(document["layers"], layers, strict=True):
         if entry.get("digest") != layer.digest:

@@ -55,7 +55,7 @@ RetryCallback = Callable[[BlobRetrying], object]
 
 
 def retry_policy(config: ImageProxyConfig) -> RetryPolicy:
-    """The retry policy ``config`` asks for."""
+    """Return the retry policy ``config`` asks for."""
     return RetryPolicy(config.retry_times, config.retry_delay)
 
 
@@ -100,7 +100,12 @@ class ImageSource:
         return self.proxy.config
 
     def open(self) -> Self:
-        """Start the proxy (unless one was given) and open the image."""
+        """Start the proxy (unless one was given) and open the image.
+
+        Raises:
+            ImageProxyError: as :meth:`ImageProxy.open` and
+                :meth:`ImageProxy.open_image`.
+        """
         if self._proxy is None:
             self._proxy = ImageProxy(self._config).open()
         try:
@@ -113,7 +118,12 @@ class ImageSource:
         return self
 
     def renew(self) -> None:
-        """Replace a proxy of ours that can no longer serve requests; reopen the image."""
+        """Replace a proxy of ours that can no longer serve requests; reopen the image.
+
+        Raises:
+            ClosedError: the source was stopped.
+            ImageProxyError: the new proxy could not start or open the image.
+        """
         old = self.proxy
         if usable(old) or not self.owned:
             return
@@ -174,6 +184,9 @@ def retry_transfer(
 
     Before each retry, :class:`BlobRetrying` goes to ``on_retry`` and ``retries``,
     the policy's delay passes, and ``source`` renews a proxy that broke.
+
+    Raises:
+        ImageProxyError: the last attempt's error, once the policy gives up.
     """
     done = 0
     while True:
@@ -244,7 +257,11 @@ class ResumingBlob(Blob):
         self.retries: list[BlobRetrying] = []
 
     def open(self) -> Self:
-        """Ask for the blob (trying again as the policy allows); returns the blob."""
+        """Ask for the blob (trying again as the policy allows); return the blob itself.
+
+        Raises:
+            ImageProxyError: the last attempt's error, once the policy gives up.
+        """
         self._attempt(self._ensure_inner)
         return self
 
@@ -263,7 +280,7 @@ class ResumingBlob(Blob):
             Backend.sleep(event.delay)
 
     def _ensure_inner(self) -> Blob:
-        """The transfer of the current attempt, started (and resumed) when there is none."""
+        """Return the transfer of the current attempt, started (and resumed) when there is none."""
         if self._inner is not None:
             return self._inner
         source = self._source

@@ -99,7 +99,7 @@ class BlobStream(StreamBase):
             return self._readinto(view)
 
     def peek(self, size: int, /) -> bytes:
-        """The next ``size`` bytes (fewer only at the end), left for the next reads.
+        """Return the next ``size`` bytes (fewer only at the end), left for the next reads.
 
         Raises:
             ImageProxyError: as :meth:`read` (a blob shorter than ``size`` ends, and is
