@@ -13,7 +13,6 @@ from containers_image_proxy._inspect import (
     InspectedImage,
     TemplateError,
     check_template,
-    docker_reference_name,
     go_json,
     go_time_string,
     inspect_table,
@@ -23,6 +22,7 @@ from containers_image_proxy._inspect import (
     skopeo_inspect,
     source_layer_media_type,
 )
+from containers_image_proxy._reference import docker_reference_name
 from containers_image_proxy.oci import Digest
 
 OCI_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"

@@ -13,16 +13,14 @@ from typing import Any
 
 import pytest
 
-from containers_image_proxy._policy import (
+from containers_image_proxy._policy import decode_policy, enforced_types, requirements_for
+from containers_image_proxy._policy_document import (
     InsecureAcceptAnything,
     Reject,
     SignedBy,
     SigstoreSigned,
-    decode_policy,
-    enforced_types,
-    parse_docker_name,
-    requirements_for,
 )
+from containers_image_proxy._reference import parse_docker_name
 from containers_image_proxy.errors import ConfigurationError
 
 ACCEPT: dict[str, Any] = {"type": "insecureAcceptAnything"}

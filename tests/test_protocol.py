@@ -19,6 +19,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from containers_image_proxy import _protocol as proto
+from containers_image_proxy._command import auth_file_contents
+from containers_image_proxy._fd import OwnedFd, close_all
 from containers_image_proxy._protocol import (
     ERROR_CODES,
     MAX_FDS,
@@ -30,23 +32,20 @@ from containers_image_proxy._protocol import (
     ProtocolVersion,
     Reply,
     Transfer,
-    auth_file_contents,
     blob_size,
     check_size_argument,
     check_version,
-    close_fds,
     decode_reply,
     encode_request,
     image_handle,
     is_broken_pipe,
     manifest_digest,
     raw_blob_error,
-    registry_host,
     request_error,
     require,
-    sha256_digest,
     supports,
 )
+from containers_image_proxy._reference import registry_host
 from containers_image_proxy.errors import (
     BlobVerificationError,
     ImageNotFoundError,
@@ -65,9 +64,11 @@ DIGEST = Digest("sha256:" + "a" * 64)
 # --------------------------------------------------------------------------
 
 
-def is_open(fd: int) -> bool:
+def is_open(fd: OwnedFd) -> bool:
+    if fd.closed:
+        return False
     try:
-        os.fstat(fd)
+        os.fstat(fd.fileno())
     except OSError:
         return False
     return True
@@ -77,28 +78,28 @@ def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def make_fds(count: int) -> list[int]:
+def make_fds(count: int) -> list[OwnedFd]:
     """``count`` read ends of pipes whose write ends are already closed."""
     fds = []
     for _ in range(count):
         read_end, write_end = os.pipe()
         os.close(write_end)
-        fds.append(read_end)
+        fds.append(OwnedFd(read_end))
     return fds
 
 
 @pytest.fixture
 def fds_factory() -> Iterator[Any]:
     """Make pipe read ends; whatever is still open at teardown is closed."""
-    made: list[int] = []
+    made: list[OwnedFd] = []
 
-    def factory(count: int) -> list[int]:
+    def factory(count: int) -> list[OwnedFd]:
         fds = make_fds(count)
         made.extend(fds)
         return fds
 
     yield factory
-    close_fds(made)
+    close_all(made)
 
 
 def reply_bytes(**fields: Any) -> bytes:
@@ -117,13 +118,13 @@ def failed(error: str, code: str | None = None) -> bytes:
     return reply_bytes(**fields)
 
 
-def assert_closed(fds: list[int]) -> None:
+def assert_closed(fds: list[OwnedFd]) -> None:
     for fd in fds:
         assert not is_open(fd), f"descriptor {fd} was left open"
 
 
 def assert_protocol_error(
-    method: str, data: bytes, fds: list[int], truncated: bool = False
+    method: str, data: bytes, fds: list[OwnedFd], truncated: bool = False
 ) -> ProtocolError:
     with pytest.raises(ProtocolError) as info:
         decode_reply(method, data, fds, truncated)
@@ -132,7 +133,7 @@ def assert_protocol_error(
     return info.value
 
 
-def assert_request_error(method: str, data: bytes, fds: list[int]) -> RequestError:
+def assert_request_error(method: str, data: bytes, fds: list[OwnedFd]) -> RequestError:
     with pytest.raises(RequestError) as info:
         decode_reply(method, data, fds)
     assert_closed(fds)
@@ -393,7 +394,7 @@ def test_decode_piped_success(method: str, fds_factory: Any) -> None:
     assert reply.fds == (fds[0],)
     assert isinstance(reply.fds, tuple)
     assert is_open(fds[0])
-    close_fds(reply.fds)
+    close_all(reply.fds)
     assert not is_open(fds[0])
 
 
@@ -672,10 +673,10 @@ def test_decode_deep_nesting_is_protocol_error() -> None:
     assert_protocol_error("OpenImage", data, [])
 
 
-def test_close_fds_ignores_closed(fds_factory: Any) -> None:
+def test_close_all_closes_each_once(fds_factory: Any) -> None:
     fds = fds_factory(2)
-    os.close(fds[0])
-    close_fds([fds[0], fds[1], fds[1]])
+    fds[0].close()
+    close_all([fds[0], fds[1], fds[1]])
     assert_closed(fds)
 
 
@@ -851,10 +852,10 @@ def test_is_broken_pipe(message: str, code: str | None, expected: bool) -> None:
 # --------------------------------------------------------------------------
 
 DATA = b"hello, blob\n" * 10
-DATA_DIGEST = sha256_digest(DATA)
+DATA_DIGEST = Digest.from_bytes(DATA)
 
 
-def test_sha256_digest() -> None:
+def test_digest_from_bytes() -> None:
     assert str(DATA_DIGEST) == "sha256:" + hashlib.sha256(DATA).hexdigest()
     assert isinstance(DATA_DIGEST, Digest)
 
@@ -923,7 +924,7 @@ def test_transfer_digest_mismatch(expected: int | None) -> None:
     transfer.update(DATA[:-1] + b"X")
     with pytest.raises(VerificationError, match="digest mismatch") as info:
         transfer.check_complete()
-    assert sha256_digest(DATA[:-1] + b"X") in str(info.value)
+    assert Digest.from_bytes(DATA[:-1] + b"X") in str(info.value)
 
 
 def test_transfer_sha512() -> None:
@@ -1132,7 +1133,7 @@ def test_fuzz_decode_reply(case: tuple[str, bytes, int], truncated: bool) -> Non
         assert 0 <= reply.pipeid < 2**32
         assert (reply.pipeid != 0) == (len(fds) == 1)
         assert all(is_open(fd) for fd in reply.fds)
-        close_fds(reply.fds)
+        close_all(reply.fds)
     assert fd_count() == before
 
 

@@ -11,7 +11,8 @@ import pytest
 from images import REF_NAME_ANNOTATION, BuiltImage, Layer, build_docker_archive, build_oci_archive
 
 from containers_image_proxy import pull
-from containers_image_proxy._tags import default_tag, image_tag, parse_destination, resolve_tag
+from containers_image_proxy._reference import default_tag, parse_destination
+from containers_image_proxy._tags import image_tag, resolve_tag
 
 CLI = [sys.executable, "-m", "containers_image_proxy"]
 

@@ -1,29 +1,34 @@
-"""Generate the blocking client (_sync/) from the asyncio source (_async/).
+"""Generate the blocking code (``_sync/``) from the asyncio source (``_async/``).
 
-Run ``python tools/gen_sync.py`` after editing ``src/containers_image_proxy/_async``;
-``python tools/gen_sync.py --check`` fails when the generated files are stale.
+Run ``python tools/gen_sync.py`` after editing ``src/containers_image_proxy/_async``
+(or a ``tests/test_async_*.py``); ``python tools/gen_sync.py --check`` fails when
+a generated file is stale. Either way the script fails when one of its
+substitutions was used nowhere: a rename in the source must not leave a rule that
+silently stopped applying.
+
+``unasync`` drops ``async``/``await`` and renames tokens (``AsyncFoo`` becomes
+``SyncFoo`` unless :data:`REPLACEMENTS` says otherwise); :data:`TEXT` then fixes
+the wording of docstrings and comments, which token renaming does not reach.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
+import tokenize_rt
 import unasync
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "src" / "containers_image_proxy"
 HEADER = "# Generated from {name} by tools/gen_sync.py.\n# Edit the source, not this file.\n"
 
+#: Token renames beyond unasync's own (which turns ``AsyncFoo`` into ``SyncFoo``).
 REPLACEMENTS = {
-    "AsyncBackend": "SyncBackend",
-    "AsyncStreamBase": "SyncStreamBase",
-    "_AsyncChannel": "_SyncChannel",
-    "_AsyncChannelLock": "_SyncChannelLock",
     "AsyncBlobStream": "BlobStream",
     "AsyncBlob": "Blob",
     "AsyncRawBlob": "RawBlob",
@@ -38,13 +43,14 @@ REPLACEMENTS = {
     "unpack_async": "unpack",
 }
 
-# Wording in docstrings and comments, which token replacement does not reach.
+#: Wording in docstrings and comments, which token replacement does not reach.
 TEXT = [
     ("AsyncImageProxy", "ImageProxy"),
     ("AsyncBlob", "Blob"),
     ("AsyncRawBlob", "RawBlob"),
     ("AsyncImageSource", "ImageSource"),
     ("AsyncResumingBlob", "ResumingBlob"),
+    ("AsyncChannel", "SyncChannel"),
     ("``async with``", "``with``"),
     ("async with", "with"),
     ("the asyncio client", "the blocking client"),
@@ -52,17 +58,31 @@ TEXT = [
 ]
 
 
-def generate(source: Path, target: Path) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
-        src_dir = Path(tmp) / "_async"
-        src_dir.mkdir()
-        (src_dir / source.name).write_text(source.read_text())
-        rule = unasync.Rule("/_async/", "/_sync/", additional_replacements=REPLACEMENTS)
-        unasync.unasync_files([str(src_dir / source.name)], rules=[rule])
-        text = (Path(tmp) / "_sync" / source.name).read_text()
-    text = text.replace(source.name, target.name)
+class _Rule(unasync.Rule):  # type: ignore[misc]
+    """unasync's rule, remembering which of :data:`REPLACEMENTS` it applied."""
+
+    def __init__(self) -> None:
+        super().__init__("/_async/", "/_sync/", additional_replacements=REPLACEMENTS)
+        self.used: set[str] = set()
+
+    def _unasync_name(self, name: str) -> str:
+        if name in REPLACEMENTS:
+            self.used.add(name)
+        return str(super()._unasync_name(name))
+
+    def convert(self, text: str) -> str:
+        """``text`` with ``async``/``await`` dropped and names replaced."""
+        tokens = tokenize_rt.src_to_tokens(text)
+        return str(tokenize_rt.tokens_to_src(self._unasync_tokens(tokens)))
+
+
+def generate(rule: _Rule, used_text: set[str], source: Path, target: Path) -> str:
+    """The generated twin of ``source``, as it belongs at ``target``."""
+    text = rule.convert(source.read_text()).replace(source.name, target.name)
     for old, new in TEXT:
-        text = text.replace(old, new)
+        if old in text:
+            used_text.add(old)
+            text = text.replace(old, new)
     text = HEADER.format(name=source.relative_to(ROOT)) + text
     for command in (["check", "--select", "I", "--fix-only", "--quiet"], ["format"]):
         text = subprocess.run(
@@ -76,18 +96,22 @@ def generate(source: Path, target: Path) -> str:
     return text
 
 
+def pairs() -> list[tuple[Path, Path]]:
+    """Every asyncio source with the path of its blocking twin."""
+    found = [(src, PACKAGE / "_sync" / src.name) for src in (PACKAGE / "_async").glob("*.py")]
+    for source in (ROOT / "tests").glob("test_async_*.py"):
+        found.append((source, source.with_name(source.name.replace("_async_", "_sync_"))))
+    return sorted(found)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="fail if _sync/ is stale")
     args = parser.parse_args()
+    rule, used_text = _Rule(), set[str]()
     stale = False
-    pairs = [
-        (source, PACKAGE / "_sync" / source.name) for source in (PACKAGE / "_async").glob("*.py")
-    ]
-    for source in (ROOT / "tests").glob("test_async_*.py"):
-        pairs.append((source, source.with_name(source.name.replace("_async_", "_sync_"))))
-    for source, target in sorted(pairs):
-        wanted = generate(source, target)
+    for source, target in pairs():
+        wanted = generate(rule, used_text, source, target)
         current = target.read_text() if target.exists() else ""
         if current == wanted:
             continue
@@ -100,7 +124,11 @@ def main() -> int:
             )
         else:
             target.write_text(wanted)
-            print(f"wrote {target.relative_to(ROOT)}")
+            print(f"wrote {os.path.relpath(target, ROOT)}")
+    unused = sorted(set(REPLACEMENTS) - rule.used) + sorted({old for old, _ in TEXT} - used_text)
+    if unused:
+        print(f"substitutions used nowhere (remove them): {', '.join(unused)}", file=sys.stderr)
+        return 1
     if stale:
         print("_sync/ is stale: run python tools/gen_sync.py", file=sys.stderr)
         return 1

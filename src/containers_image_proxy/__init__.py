@@ -6,11 +6,12 @@ containers/image transport (registries, OCI layouts, archives, containers-storag
 ``unpack`` streams an image into a root filesystem, verified layer by layer.
 """
 
-from ._async.proxy import AsyncBlob, AsyncImageProxy, AsyncRawBlob
+from ._async.blob import AsyncBlob, AsyncRawBlob
+from ._async.proxy import AsyncImageProxy
 from ._async.pull import pull_async, stream_layers_async
 from ._image import OpenedImage
-from ._layout import LayoutError
-from ._sync.proxy import Blob, ImageProxy, RawBlob
+from ._sync.blob import Blob, RawBlob
+from ._sync.proxy import ImageProxy
 from ._sync.pull import pull, stream_layers
 from ._unpack import unpack, unpack_async
 from ._unpack_stream import LayerStream, detect_compression, open_layer
@@ -42,6 +43,7 @@ from .errors import (
     InvalidDocumentError,
     InvalidReferenceError,
     LayerUnavailableError,
+    LayoutError,
     PolicyNotEnforcedError,
     PolicyRejectedError,
     ProtocolError,

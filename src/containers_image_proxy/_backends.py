@@ -2,7 +2,9 @@
 
 ``_async/`` is written against :class:`AsyncBackend`; its blocking twin in
 ``_sync/`` is generated from it and uses :class:`SyncBackend`, whose methods have
-the same names and meaning but block the calling thread.
+the same names and meaning but block the calling thread. The functions outside
+the two classes serve both (:func:`poll_readable` also serves the asyncio code's
+worker threads).
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import io
-import os
 import select
 import socket
 import threading
@@ -18,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, Union
 
+from ._fd import OwnedFd
 from ._protocol import MAX_FDS, MAX_MSG_SIZE
 
 _T = TypeVar("_T")
@@ -31,9 +33,22 @@ _RECV_FLAGS = socket.MSG_CMSG_CLOEXEC
 _TRUNCATED = socket.MSG_TRUNC | socket.MSG_CTRUNC
 
 
-def _recv_now(sock: socket.socket) -> tuple[bytes, list[int], bool]:
+#: One packet from the proxy: its bytes, the descriptors it carried, whether it was cut.
+Packet = tuple[bytes, list[OwnedFd], bool]
+
+
+def _recv_now(sock: socket.socket) -> Packet:
     data, fds, flags, _ = socket.recv_fds(sock, MAX_MSG_SIZE + 1, MAX_FDS, _RECV_FLAGS)
-    return data, fds, bool(flags & _TRUNCATED)
+    return data, [OwnedFd(fd) for fd in fds], bool(flags & _TRUNCATED)
+
+
+def poll_readable(fd: int, timeout: float | None, also: int | None = None) -> bool:
+    """Block until ``fd`` (or ``also``) is readable or ``timeout`` passes; False on timeout."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    if also is not None:
+        poller.register(also, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else timeout * 1000))
 
 
 class SyncBackend:
@@ -44,11 +59,7 @@ class SyncBackend:
     @staticmethod
     def wait_readable(fd: int, timeout: float | None, also: int | None = None) -> bool:
         """Block until ``fd`` (or ``also``) is readable or ``timeout`` passes; False on timeout."""
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        if also is not None:
-            poller.register(also, select.POLLIN)
-        return bool(poller.poll(None if timeout is None else timeout * 1000))
+        return poll_readable(fd, timeout, also)
 
     @staticmethod
     def send(sock: socket.socket, data: bytes) -> None:
@@ -56,10 +67,10 @@ class SyncBackend:
         sock.send(data)
 
     @staticmethod
-    def recv(sock: socket.socket, timeout: float | None) -> tuple[bytes, list[int], bool] | None:
+    def recv(sock: socket.socket, timeout: float | None) -> Packet | None:
         """Receive one packet with its fds; None when ``timeout`` passes first."""
         # The socket stays in blocking mode: no mode switch on the hot path.
-        if timeout is not None and not SyncBackend.wait_readable(sock.fileno(), timeout):
+        if timeout is not None and not poll_readable(sock.fileno(), timeout):
             return None
         return _recv_now(sock)
 
@@ -80,7 +91,7 @@ class SyncBackend:
 
     @staticmethod
     def current_owner() -> object:
-        """Who is running: the current thread."""
+        """Return who is running: the current thread."""
         return threading.get_ident()
 
     @staticmethod
@@ -163,9 +174,7 @@ class AsyncBackend:
         await asyncio.get_running_loop().sock_sendall(sock, data)
 
     @staticmethod
-    async def recv(
-        sock: socket.socket, timeout: float | None
-    ) -> tuple[bytes, list[int], bool] | None:
+    async def recv(sock: socket.socket, timeout: float | None) -> Packet | None:
         """Receive one packet with its fds; None when ``timeout`` passes first."""
         while True:
             try:
@@ -198,7 +207,7 @@ class AsyncBackend:
 
     @staticmethod
     def current_owner() -> object:
-        """Who is running: the current task (None outside of one)."""
+        """Return who is running: the current task (None outside of one)."""
         return asyncio.current_task()
 
     @staticmethod
@@ -245,16 +254,12 @@ class SyncStreamBase(io.RawIOBase):
     """Base of blocking blob streams: a readable ``io.RawIOBase``."""
 
     def readable(self) -> bool:
-        """Blob streams are readable."""
+        """Return True: blob streams are readable."""
         return True
 
 
 class AsyncStreamBase:
     """Base of asyncio blob streams."""
-
-
-_F_SETPIPE_SZ = 1031
-_PIPE_SIZE = 1 << 20
 
 
 async def run_in_thread_until_done(function: Callable[[], _T], stop: threading.Event) -> _T:
@@ -273,16 +278,3 @@ async def run_in_thread_until_done(function: Callable[[], _T], stop: threading.E
         except BaseException:
             pass
         raise
-
-
-def prepare_pipe(fd: int, *, large: bool = False) -> None:
-    """Make a received pipe non-blocking and, for bulk data, larger where allowed."""
-    os.set_blocking(fd, False)
-    if not large:
-        return
-    try:
-        import fcntl
-
-        fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
-    except OSError:
-        pass

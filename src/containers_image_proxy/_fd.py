@@ -3,23 +3,38 @@
 Every raw descriptor the package holds (pipes from the proxy, directory descriptors
 of an unpack) belongs to exactly one :class:`OwnedFd`, which forgets the number the
 moment it closes it, so a number the kernel has since given to someone else is never
-touched. :func:`atomic_file` is the one way a file appears under its final name:
-written beside it, flushed, then renamed over it.
+touched. :func:`write_all` and :func:`splice` move data between descriptors;
+:func:`atomic_file` is the one way a file appears under its final name: written
+beside it, flushed, then renamed over it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["CHUNK_SIZE", "OwnedFd", "atomic_file", "close_all", "write_all"]
+__all__ = [
+    "CHUNK_SIZE",
+    "OwnedFd",
+    "atomic_file",
+    "close_all",
+    "prepare_pipe",
+    "splice",
+    "write_all",
+]
 
-#: Bytes read or written at a time when streaming blobs and files.
+#: Bytes read or written at a time when streaming blobs and files (and the buffer
+#: asked for on a pipe that carries a blob).
 CHUNK_SIZE = 1 << 20
+
+_F_SETPIPE_SZ = 1031
 
 
 class OwnedFd:
@@ -28,9 +43,10 @@ class OwnedFd:
     __slots__ = ("_fd",)
 
     def __init__(self, fd: int) -> None:
+        self._fd: int | None = None
         if fd < 0:
             raise ValueError(f"not a file descriptor: {fd}")
-        self._fd: int | None = fd
+        self._fd = fd
 
     @property
     def closed(self) -> bool:
@@ -38,7 +54,7 @@ class OwnedFd:
         return self._fd is None
 
     def fileno(self) -> int:
-        """The descriptor's number.
+        """Return the descriptor's number.
 
         Raises:
             ValueError: it was closed.
@@ -74,7 +90,7 @@ class OwnedFd:
         return f"OwnedFd({'closed' if self._fd is None else self._fd})"
 
 
-def close_all(fds: Iterator[OwnedFd] | tuple[OwnedFd, ...] | list[OwnedFd]) -> None:
+def close_all(fds: Iterable[OwnedFd]) -> None:
     """Close every descriptor of ``fds``, even when closing one of them fails."""
     error: OSError | None = None
     for fd in fds:
@@ -93,11 +109,58 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
+def prepare_pipe(fd: OwnedFd, *, large: bool = False) -> None:
+    """Make a received pipe non-blocking and, for bulk data, its buffer larger where allowed."""
+    os.set_blocking(fd.fileno(), False)
+    if large:
+        with contextlib.suppress(OSError):  # beyond the user's limit: the default will do
+            fcntl.fcntl(fd.fileno(), _F_SETPIPE_SZ, CHUNK_SIZE)
+
+
+def splice(
+    source: OwnedFd,
+    dest: int,
+    count: int,
+    *,
+    wait: Callable[[], bool],
+    moved: Callable[[int], object],
+    stop: threading.Event,
+) -> int:
+    """Move up to ``count`` bytes from the pipe ``source`` into ``dest``, inside the kernel.
+
+    Blocking, for a worker thread. ``source`` is non-blocking: whenever it is empty
+    ``wait()`` is called, which returns True once there is data again, or False to
+    pause the move. ``moved`` is told the size of each piece. Returns the bytes
+    moved: fewer than ``count`` when the pipe ended, ``wait`` paused or ``stop`` was
+    set; -1 when ``dest`` does not take splice (nothing moved then).
+
+    Raises:
+        OSError: reading or writing failed.
+    """
+    total = 0
+    while total < count and not stop.is_set():
+        try:
+            piece = os.splice(source.fileno(), dest, count - total)
+        except BlockingIOError:
+            if not wait():
+                break
+            continue
+        except OSError as exc:
+            if total == 0 and exc.errno in (errno.EINVAL, errno.ENOSYS):
+                return -1
+            raise
+        if piece == 0:
+            break
+        total += piece
+        moved(piece)
+    return total
+
+
 @contextlib.contextmanager
 def atomic_file(
     path: Path, *, mode: int = 0o644, prefix: str | None = None, sync: bool = True
 ) -> Iterator[BinaryIO]:
-    """A new file that replaces ``path`` only if the block succeeds.
+    """Return a new file that replaces ``path`` only if the block succeeds.
 
     It is written in the same directory (under ``prefix``, by default ``.NAME.``),
     flushed to disk when ``sync`` is true, given ``mode`` and renamed over ``path``;

@@ -27,15 +27,15 @@ import re
 from collections.abc import Mapping
 from typing import Any, Final
 
-from .errors import InvalidDocumentError
-from .oci import Digest
+from ._reference import docker_reference_name
+from .errors import InvalidDocumentError, TemplateError
+from .oci import DOCKER_LAYER_FROM_OCI, Digest
 
 __all__ = [
     "SKOPEO_KEYS",
     "InspectedImage",
     "TemplateError",
     "check_template",
-    "docker_reference_name",
     "go_json",
     "go_time_string",
     "inspect_table",
@@ -62,23 +62,6 @@ SKOPEO_KEYS: Final = (
     "LayersData",
     "Env",
 )
-
-#: The OCI layer media types that Docker schema 2 layers are converted to, mapped back.
-_DOCKER_LAYER_TYPES: Final = {
-    "application/vnd.oci.image.layer.v1.tar": "application/vnd.docker.image.rootfs.diff.tar",
-    "application/vnd.oci.image.layer.v1.tar+gzip": (
-        "application/vnd.docker.image.rootfs.diff.tar.gzip"
-    ),
-    "application/vnd.oci.image.layer.v1.tar+zstd": (
-        "application/vnd.docker.image.rootfs.diff.tar.zstd"
-    ),
-    "application/vnd.oci.image.layer.nondistributable.v1.tar": (
-        "application/vnd.docker.image.rootfs.foreign.diff.tar"
-    ),
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": (
-        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
-    ),
-}
 
 #: What Go's ``time.Time`` zero value looks like in JSON: skopeo's ``Created`` for a
 #: Docker schema 2 configuration without a creation time.
@@ -112,7 +95,7 @@ def _go_field(obj: Mapping[str, Any], name: str) -> tuple[bool, Any]:
 
 
 def manifest_converted(digest: Digest, manifest: bytes) -> bool:
-    """Whether the proxy returned ``manifest`` converted (the source is Docker schema 2).
+    """Return whether the proxy returned ``manifest`` converted (the source is Docker schema 2).
 
     The proxy gives the original manifest's digest and, for an OCI source, the
     original bytes; only a converted manifest hashes to something else.
@@ -121,56 +104,10 @@ def manifest_converted(digest: Digest, manifest: bytes) -> bool:
 
 
 def source_layer_media_type(media_type: str, converted: bool) -> str:
-    """The source's layer media type: the Docker one an OCI type was converted from."""
+    """Return the source's layer media type: the Docker one an OCI type was converted from."""
     if not converted:
         return media_type
-    return _DOCKER_LAYER_TYPES.get(media_type, media_type)
-
-
-_ID_LIKE = re.compile(r"[0-9a-f]{3,64}")
-_FULL_ID = re.compile(r"[0-9a-f]{64}")
-_DIGEST_LIKE = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[0-9a-fA-F]{32,}")
-
-
-def _named(text: str) -> str | None:
-    from ._policy import parse_docker_name
-
-    name = parse_docker_name(text)
-    return None if name is None else name.name
-
-
-def docker_reference_name(reference: str) -> str | None:
-    """The repository name ``skopeo inspect`` shows as ``Name``, or None when it has none.
-
-    Only references that carry a Docker reference have one: ``docker://`` (the
-    repository, expanded as ``docker.io/library/...``), ``docker-archive:`` with a
-    ``NAME:TAG``, ``docker-daemon:`` and ``containers-storage:`` with a name.
-    """
-    transport, colon, rest = reference.partition(":")
-    if not colon:
-        return None
-    if transport == "docker":
-        return _named(rest[2:]) if rest.startswith("//") else None
-    if transport == "docker-archive":
-        _, colon, name = rest.partition(":")
-        if not colon or not name or name.startswith("@"):
-            return None
-        return _named(name)
-    if transport == "docker-daemon":
-        return None if _DIGEST_LIKE.fullmatch(rest) else _named(rest)
-    if transport == "containers-storage":
-        if rest.startswith("["):
-            close = rest.find("]")
-            if close == -1:
-                return None
-            rest = rest[close + 1 :]
-        name, at, suffix = rest.rpartition("@")
-        if at and _FULL_ID.fullmatch(suffix):
-            rest = name
-        if not rest or _ID_LIKE.fullmatch(rest):
-            return None  # an image ID (or a prefix of one): no name
-        return _named(rest)
-    return None
+    return DOCKER_LAYER_FROM_OCI.get(media_type, media_type)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,7 +161,7 @@ def _layers_data(manifest: Mapping[str, Any], converted: bool) -> list[dict[str,
 
 
 def _empty_in_original(original: Mapping[str, Any] | None, key: str) -> Any:
-    """``{}``/``[]`` when the original configuration has ``key`` empty, else None.
+    """Return ``{}``/``[]`` when the original configuration has ``key`` empty, else None.
 
     The proxy re-serialises configurations and leaves empty ``Labels`` and ``Env``
     out; skopeo reads the original and shows them empty rather than ``null``.
@@ -240,25 +177,13 @@ def _empty_in_original(original: Mapping[str, Any] | None, key: str) -> Any:
     return None
 
 
-def skopeo_inspect(image: InspectedImage) -> dict[str, Any]:
-    """The object ``skopeo inspect`` prints for ``image``, keys in skopeo's order.
-
-    ``Name`` is present only when the reference carries a Docker reference (as
-    skopeo omits it). See the module documentation for the values the proxy
-    cannot know.
-    """
-    manifest = _json_object(image.manifest, "manifest")
-    config = _json_object(image.config, "image configuration")
-    original = (
-        _json_object(image.original_config, "image configuration")
-        if image.original_config is not None
-        else None
-    )
-    converted = image.converted
+def _config_fields(
+    config: Mapping[str, Any], original: Mapping[str, Any] | None, converted: bool
+) -> dict[str, Any]:
+    """Return ``Created``, ``DockerVersion``, ``Labels`` and ``Env`` as skopeo shows them."""
     section = config.get("config")
     if not isinstance(section, dict):
         section = {}
-
     created = config.get("created")
     if created is None and converted:
         created = _GO_ZERO_TIME
@@ -276,8 +201,28 @@ def skopeo_inspect(image: InspectedImage) -> dict[str, Any]:
     env = section.get("Env")
     if not isinstance(env, list):
         env = _empty_in_original(original, "Env")
-    layers_data = _layers_data(manifest, converted)
+    return {"Created": created, "DockerVersion": docker_version, "Labels": labels, "Env": env}
 
+
+def skopeo_inspect(image: InspectedImage) -> dict[str, Any]:
+    """Return the object ``skopeo inspect`` prints for ``image``, keys in skopeo's order.
+
+    ``Name`` is present only when the reference carries a Docker reference (as
+    skopeo omits it). See the module documentation for the values the proxy
+    cannot know.
+
+    Raises:
+        InvalidDocumentError: the manifest or a configuration is not a JSON object.
+    """
+    manifest = _json_object(image.manifest, "manifest")
+    config = _json_object(image.config, "image configuration")
+    original = (
+        _json_object(image.original_config, "image configuration")
+        if image.original_config is not None
+        else None
+    )
+    fields = _config_fields(config, original, image.converted)
+    layers_data = _layers_data(manifest, image.converted)
     output: dict[str, Any] = {}
     name = docker_reference_name(image.reference)
     if name is not None:
@@ -286,14 +231,14 @@ def skopeo_inspect(image: InspectedImage) -> dict[str, Any]:
         {
             "Digest": str(image.digest),
             "RepoTags": [],
-            "Created": created,
-            "DockerVersion": docker_version,
-            "Labels": labels,
+            "Created": fields["Created"],
+            "DockerVersion": fields["DockerVersion"],
+            "Labels": fields["Labels"],
             "Architecture": str(config.get("architecture", "")),
             "Os": str(config.get("os", "")),
             "Layers": [layer["Digest"] for layer in layers_data],
             "LayersData": layers_data,
-            "Env": env,
+            "Env": fields["Env"],
         }
     )
     return output
@@ -310,7 +255,7 @@ _GO_ESCAPES: Final = str.maketrans(
 
 
 def go_json(value: object) -> str:
-    """``value`` as Go's ``json.MarshalIndent(value, "", "    ")`` writes it, plus a newline.
+    """Return ``value`` as Go's ``json.MarshalIndent(value, "", "    ")`` writes it, plus a newline.
 
     Non-ASCII characters are written as they are, and ``<``, ``>``, ``&``, U+2028
     and U+2029 as ``\\u`` escapes (those characters only occur inside strings).
@@ -322,12 +267,8 @@ _JSON_FORMAT = re.compile(r"\s*(?:json|\{\{\s*json\s*\.?\s*\}\})\s*")
 
 
 def is_json_format(text: str) -> bool:
-    """Whether ``--format text`` asks for the JSON report (``json`` or ``{{json .}}``)."""
+    """Return whether ``--format text`` asks for the JSON report (``json`` or ``{{json .}}``)."""
     return _JSON_FORMAT.fullmatch(text) is not None
-
-
-class TemplateError(ValueError):
-    """A ``--format`` template uses more than the supported ``{{.Field}}`` actions."""
 
 
 _ACTION = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
@@ -339,7 +280,7 @@ _RFC3339 = re.compile(
 
 
 def go_time_string(text: str | None) -> str:
-    """A JSON time as Go's ``time.Time.String`` prints it (what templates show).
+    """Return a JSON time as Go's ``time.Time.String`` prints it (what templates show).
 
     ``2024-01-01T00:00:00Z`` becomes ``2024-01-01 00:00:00 +0000 UTC``; an offset
     other than zero is shown as Go shows a zone without a name (``+0200 +0200``).
@@ -358,7 +299,7 @@ def go_time_string(text: str | None) -> str:
 
 
 def _go_print(key: str, value: Any) -> str:
-    """``value`` as Go's ``fmt.Print`` shows skopeo's field ``key``."""
+    """Return ``value`` as Go's ``fmt.Print`` shows skopeo's field ``key``."""
     if key == "Created":
         return go_time_string(value)
     if key in ("Labels",):
@@ -370,7 +311,7 @@ def _go_print(key: str, value: Any) -> str:
 
 
 def _parse_template(template: str) -> list[tuple[str, str | None]]:
-    """``template`` as (literal text, field or None) pairs; raises :class:`TemplateError`."""
+    """Return ``template`` as (literal text, field or None) pairs; raises :class:`TemplateError`."""
     parts: list[tuple[str, str | None]] = []
     position = 0
     for match in _ACTION.finditer(template):
@@ -416,7 +357,7 @@ def render_template(template: str, report: Mapping[str, Any]) -> str:
 
 
 def raw_manifest_note(reference: str, digest: Digest, printed: Digest) -> str:
-    """What ``inspect --raw`` says on standard error when the manifest was converted."""
+    """Return what ``inspect --raw`` says on standard error when the manifest was converted."""
     return (
         f"{reference} has a Docker schema 2 manifest, which the image proxy only returns"
         f" converted to OCI: printing the conversion (its digest: {printed}); the original"
@@ -425,7 +366,7 @@ def raw_manifest_note(reference: str, digest: Digest, printed: Digest) -> str:
 
 
 def raw_config_note(reference: str, digest: Digest, printed: Digest) -> str:
-    """What ``inspect --raw --config`` says on standard error for a converted image."""
+    """Return what ``inspect --raw --config`` says on standard error for a converted image."""
     return (
         f"{reference} has a Docker schema 2 manifest, whose original configuration the"
         f" image proxy cannot return: printing its OCI conversion (its digest: {printed});"
@@ -434,7 +375,7 @@ def raw_config_note(reference: str, digest: Digest, printed: Digest) -> str:
 
 
 def inspect_table(image: InspectedImage, report: Mapping[str, Any]) -> str:
-    """The human-readable layout of ``inspect --format table``."""
+    """Return the human-readable layout of ``inspect --format table``."""
     from rich.filesize import decimal as human_size
 
     config = _json_object(image.config, "image configuration")

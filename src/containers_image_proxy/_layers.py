@@ -64,7 +64,7 @@ _OCI_TYPES: dict[tuple[Compression, bool], str] = {
 
 
 def is_tar_layer(media_type: str) -> bool:
-    """Whether ``media_type`` names a (possibly compressed) tar layer."""
+    """Return whether ``media_type`` names a (possibly compressed) tar layer."""
     try:
         media_type_compression(media_type)
     except LayerFormatError:
@@ -73,7 +73,7 @@ def is_tar_layer(media_type: str) -> bool:
 
 
 def fetch_plan(manifest: ImageManifest, infos: list[ConvertedLayerInfo] | None) -> list[Descriptor]:
-    """The descriptor to fetch each layer of ``manifest`` by, in order.
+    """Return the descriptor to fetch each layer of ``manifest`` by, in order.
 
     Without layer information (``infos`` is None: a proxy older than 0.2.5) these
     are the manifest's own descriptors. With it, digest and size come from the
@@ -120,7 +120,7 @@ def fetch_plan(manifest: ImageManifest, infos: list[ConvertedLayerInfo] | None) 
 
 
 def true_layer(listed: Descriptor, fetched: Descriptor, prefix: bytes) -> Descriptor:
-    """The descriptor of the blob ``fetched`` (a :func:`fetch_plan` entry), truthfully.
+    """Return the descriptor of the blob ``fetched`` (a :func:`fetch_plan` entry), truthfully.
 
     ``listed`` is the layer's descriptor in the manifest and ``prefix`` the blob's
     first :data:`PREFIX_SIZE` bytes. The media type is the manifest's when it names
@@ -142,7 +142,7 @@ def true_layer(listed: Descriptor, fetched: Descriptor, prefix: bytes) -> Descri
 def with_compression(
     listed: Descriptor, fetched: Descriptor, compression: Compression
 ) -> Descriptor:
-    """``fetched`` labelled with the media type of ``compression`` (see :func:`true_layer`)."""
+    """Return ``fetched`` labelled with the media type of ``compression`` (see ``true_layer``)."""
     if is_tar_layer(listed.media_type) and media_type_compression(listed.media_type) == compression:
         media_type = listed.media_type
     else:
@@ -154,7 +154,7 @@ def with_compression(
 
 
 def check_uncompressed(layer: Descriptor, diff_id: Digest) -> None:
-    """An uncompressed layer's digest is its diff_id: raise if they differ.
+    """Check that an uncompressed layer's digest is its diff_id.
 
     Raises:
         VerificationError: they differ (with the same algorithm).
@@ -174,7 +174,7 @@ def check_uncompressed(layer: Descriptor, diff_id: Digest) -> None:
 def unavailable(
     reference: str, layer: Descriptor, error: RequestError, protocol: str, has_info: bool
 ) -> RequestError | LayerUnavailableError:
-    """The error to raise when GetBlob refused ``layer``: a clearer one when the reason
+    """Return the error to raise when GetBlob refused ``layer``: a clearer one when the reason
     is a ``containers-storage:`` image that an old proxy cannot read.
     """
     if (

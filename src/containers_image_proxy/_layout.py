@@ -2,27 +2,31 @@
 
 Every blob is written to a temporary file in ``blobs/<algorithm>/`` and renamed to
 its digest only once it has been verified, so a file under a digest name is always
-whole and right; ``index.json`` is replaced atomically, after the blobs.
+whole and right; ``index.json`` is replaced atomically, after the blobs. Each file
+is flushed to disk before it is renamed, blobs included: ``index.json`` commits the
+pull, and a crash must not leave it naming a blob whose data never reached the disk.
+(On a local 256 MiB pull to ext4 this costs about a tenth of the pull's time, and
+nothing once the data has to reach the disk anyway.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import ImageProxyError
-from .oci import MEDIA_TYPE_IMAGE_INDEX, Digest
+from ._fd import CHUNK_SIZE, atomic_file
+from .errors import LayoutError
+from .oci import ANNOTATION_REF_NAME, MEDIA_TYPE_IMAGE_INDEX, Digest
 
-REF_NAME = "org.opencontainers.image.ref.name"
+__all__ = ["SOURCE_DIGEST", "Layout", "LayoutError"]
+
 #: Annotation of a manifest that a pull corrected (see ``pull``): the digest of the
 #: source's own manifest.
 SOURCE_DIGEST = "containers-image-proxy.source.digest"
-_HASH_CHUNK = 1 << 20
 
 
 def _alive(pid: int) -> bool:
@@ -35,31 +39,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@contextmanager
-def _atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """A temporary file beside ``path`` that replaces it if the block succeeds.
+@contextlib.contextmanager
+def _new_file(path: Path) -> Iterator[BinaryIO]:
+    """Return an :func:`~containers_image_proxy._fd.atomic_file` for ``path``.
 
-    Named ``.PID-...`` so that a later writer can remove it if this process dies.
+    It is named ``.PID-...``, so that a later writer can remove it if this process
+    dies. A file that cannot even be created raises :class:`LayoutError`.
     """
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{os.getpid()}-", dir=path.parent)
-    except OSError as exc:
-        raise LayoutError(f"cannot write into {path.parent}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-        os.chmod(name, 0o644)
-        os.replace(name, path)
-    except BaseException:
+    with contextlib.ExitStack() as stack:
         try:
-            os.unlink(name)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-class LayoutError(ImageProxyError, OSError):
-    """The destination cannot hold an OCI layout (not a directory, not writable, ...)."""
+            out = stack.enter_context(atomic_file(path, prefix=f".{os.getpid()}-"))
+        except OSError as exc:
+            raise LayoutError(f"cannot write into {path.parent}: {exc.strerror or exc}") from exc
+        yield out
 
 
 class Layout:
@@ -93,32 +85,32 @@ class Layout:
                     path.unlink(missing_ok=True)
 
     def blob_path(self, digest: Digest) -> Path:
-        """Where the blob with ``digest`` lives."""
+        """Return where the blob with ``digest`` lives."""
         return self.root / "blobs" / digest.algorithm / digest.encoded
 
     def has_blob(self, digest: Digest, size: int) -> bool:
-        """Whether the blob is present, with the right size and content."""
+        """Return whether the blob is present, with the right size and content."""
         path = self.blob_path(digest)
         try:
             if path.stat().st_size != size:
                 return False
             hasher = digest.hasher()
             with path.open("rb") as f:
-                while chunk := f.read(_HASH_CHUNK):
+                while chunk := f.read(CHUNK_SIZE):
                     hasher.update(chunk)
         except OSError:
             return False
         return hasher.hexdigest() == digest.encoded
 
-    @contextmanager
+    @contextlib.contextmanager
     def new_blob(self, digest: Digest) -> Iterator[BinaryIO]:
-        """A temporary file that becomes the blob ``digest`` if the block succeeds."""
+        """Return a temporary file that becomes the blob ``digest`` if the block succeeds."""
         path = self.blob_path(digest)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise LayoutError(f"cannot write into {path.parent}: {exc.strerror or exc}") from exc
-        with _atomic_file(path) as f:
+        with _new_file(path) as f:
             yield f
 
     def write_blob(self, digest: Digest, data: bytes) -> None:
@@ -137,7 +129,7 @@ class Layout:
         return True
 
     def read_head(self, digest: Digest, size: int) -> bytes:
-        """The first ``size`` bytes of a stored blob (fewer for a shorter blob)."""
+        """Return the first ``size`` bytes of a stored blob (fewer for a shorter blob)."""
         path = self.blob_path(digest)
         try:
             with path.open("rb") as f:
@@ -162,12 +154,12 @@ class Layout:
             raise LayoutError(f"cannot read {index_path}: not an OCI image index")
         entry = dict(descriptor)
         if tag is not None:
-            entry["annotations"] = {**entry.get("annotations", {}), REF_NAME: tag}
+            entry["annotations"] = {**entry.get("annotations", {}), ANNOTATION_REF_NAME: tag}
         kept = [
             m
             for m in index.get("manifests", [])
             if (tag is None and m.get("digest") != entry["digest"])
-            or (tag is not None and m.get("annotations", {}).get(REF_NAME) != tag)
+            or (tag is not None and m.get("annotations", {}).get(ANNOTATION_REF_NAME) != tag)
         ]
         if entry in index.get("manifests", []) and len(kept) + 1 == len(index["manifests"]):
             return False
@@ -176,5 +168,5 @@ class Layout:
         return True
 
     def _replace(self, path: Path, data: bytes) -> None:
-        with _atomic_file(path) as f:
+        with _new_file(path) as f:
             f.write(data)

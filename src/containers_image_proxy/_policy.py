@@ -1,13 +1,12 @@
-"""containers-policy.json(5) without any I/O: typed decoding and scope matching.
+"""containers-policy.json(5) without any I/O: which requirements apply to a reference.
 
 skopeo's image proxy enforces the signature policy at OpenImage only from protocol
 0.2.6. For older proxies the client must know, before it opens an image, whether a
 policy would have had anything to enforce for that image. This module answers that
 question the way containers/image does:
 
-* :func:`decode_policy` decodes a policy file into typed structures, as strictly as
-  containers/image (unknown fields, duplicated keys, an empty requirement list,
-  a missing ``default`` or an invalid scope make the whole file invalid);
+* :func:`decode_policy` (from ``_policy_document``) decodes a policy file into typed
+  structures, as strictly as containers/image;
 * :func:`requirements_for` finds the requirements that apply to a reference: the
   transport's section, the most specific scope first (the reference's own identity,
   then its namespaces, then the transport's ``""``), and ``default`` as fallback.
@@ -38,14 +37,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import posixpath
 import re
 from collections.abc import Callable, Iterable
-from typing import Any
 
-import msgspec
-
-from .errors import ConfigurationError
+from ._policy_document import (
+    ACCEPT_ANYTHING,
+    Policy,
+    Requirement,
+    decode_policy,
+    requirement_type,
+)
+from ._reference import DockerName, is_digest, is_image_id, parse_docker_name
 
 __all__ = [
     "ACCEPT_ANYTHING",
@@ -54,372 +56,16 @@ __all__ = [
     "ScopeMatch",
     "decode_policy",
     "enforced_types",
-    "parse_docker_name",
     "requirements_for",
 ]
 
-#: The one requirement type that accepts an image without looking at it.
-ACCEPT_ANYTHING = "insecureAcceptAnything"
-
 # --------------------------------------------------------------------------
-# Typed structures
+# Docker references (parsed in _reference)
 # --------------------------------------------------------------------------
-
-
-class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel"):
-    """Policy objects: unknown fields are an error, as containers/image has it."""
-
-
-class _Identity(_Strict, frozen=True, tag_field="type"):
-    """What identity a signature must claim (``signedIdentity``)."""
-
-
-class MatchExact(_Identity, frozen=True, tag="matchExact"):
-    """The signature's identity equals the image's."""
-
-
-class MatchRepoDigestOrExact(_Identity, frozen=True, tag="matchRepoDigestOrExact"):
-    """Exact for tags; the same repository for digest references."""
-
-
-class MatchRepository(_Identity, frozen=True, tag="matchRepository"):
-    """The same repository, any tag."""
-
-
-class ExactReference(_Identity, frozen=True, tag="exactReference"):
-    """A fixed identity."""
-
-    docker_reference: str
-
-
-class ExactRepository(_Identity, frozen=True, tag="exactRepository"):
-    """A fixed repository."""
-
-    docker_repository: str
-
-
-class RemapIdentity(_Identity, frozen=True, tag="remapIdentity"):
-    """A prefix of the image's identity is replaced before matching."""
-
-    prefix: str
-    signed_prefix: str
-
-
-IdentityMatch = (
-    MatchExact
-    | MatchRepoDigestOrExact
-    | MatchRepository
-    | ExactReference
-    | ExactRepository
-    | RemapIdentity
-)
-
-
-class _Requirement(_Strict, frozen=True, tag_field="type"):
-    """One policy requirement; every requirement of a list must be satisfied."""
-
-
-class InsecureAcceptAnything(_Requirement, frozen=True, tag="insecureAcceptAnything"):
-    """Accepts any image."""
-
-
-class Reject(_Requirement, frozen=True, tag="reject"):
-    """Rejects every image."""
-
-
-class SignedBy(_Requirement, frozen=True, tag="signedBy"):
-    """A GPG "simple signing" signature by one of the given keys."""
-
-    key_type: str
-    key_path: str | None = None
-    key_paths: list[str] | None = None
-    key_data: bytes | None = None
-    signed_identity: IdentityMatch | None = None
-
-
-class SignedBaseLayer(_Requirement, frozen=True, tag="signedBaseLayer"):
-    """A signed base layer (accepted by the format, not implemented by containers/image)."""
-
-    base_layer_identity: IdentityMatch
-
-
-class Fulcio(_Strict, frozen=True):
-    """Fulcio-issued certificates for sigstore signatures."""
-
-    ca_path: str | None = None
-    ca_data: bytes | None = None
-    oidc_issuer: str | None = None
-    subject_email: str | None = None
-
-
-class Pki(_Strict, frozen=True):
-    """Certificates from a private PKI for sigstore signatures."""
-
-    ca_roots_path: str | None = None
-    ca_roots_data: bytes | None = None
-    ca_intermediates_path: str | None = None
-    ca_intermediates_data: bytes | None = None
-    subject_email: str | None = None
-    subject_hostname: str | None = None
-
-
-class SigstoreSigned(_Requirement, frozen=True, tag="sigstoreSigned"):
-    """A sigstore signature by a key, a Fulcio certificate or a PKI certificate."""
-
-    key_path: str | None = None
-    key_paths: list[str] | None = None
-    key_data: bytes | None = None
-    key_datas: list[bytes] | None = None
-    fulcio: Fulcio | None = None
-    pki: Pki | None = None
-    rekor_public_key_path: str | None = None
-    rekor_public_key_paths: list[str] | None = None
-    rekor_public_key_data: bytes | None = None
-    rekor_public_key_datas: list[bytes] | None = None
-    signed_identity: IdentityMatch | None = None
-
-
-Requirement = InsecureAcceptAnything | Reject | SignedBy | SignedBaseLayer | SigstoreSigned
-
-#: Scope -> requirements, for one transport.
-TransportScopes = dict[str, tuple[Requirement, ...]]
-
-
-class Policy(_Strict, frozen=True):
-    """A decoded policy file: the global ``default`` and per-transport scopes."""
-
-    default: tuple[Requirement, ...]
-    transports: dict[str, TransportScopes] = msgspec.field(default_factory=dict)
-
-
-_DECODER = msgspec.json.Decoder(Policy)
-
-
-def requirement_type(requirement: Requirement) -> str:
-    """The ``type`` a requirement has in the policy file."""
-    tag = type(requirement).__struct_config__.tag
-    assert isinstance(tag, str)
-    return tag
-
-
-# --------------------------------------------------------------------------
-# Decoding and validation
-# --------------------------------------------------------------------------
-
-
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in seen:
-            raise ValueError(f"duplicated key {key!r}")
-        seen[key] = value
-    return seen
-
-
-def decode_policy(data: bytes, source: str) -> Policy:
-    """Decode and validate a policy file; ``source`` names it in errors.
-
-    Raises :class:`ConfigurationError` naming ``source`` for anything that
-    containers/image would refuse.
-    """
-    try:
-        # Duplicated keys could hide a requirement; msgspec would keep the last one.
-        json.loads(data, object_pairs_hook=_reject_duplicates)
-        policy = _DECODER.decode(data)
-        _validate(policy)
-    except (ValueError, msgspec.DecodeError, RecursionError) as exc:
-        raise ConfigurationError(f"invalid signature policy {source}: {exc}") from None
-    return policy
-
-
-def _exactly_one(what: str, fields: dict[str, object], *, optional: bool = False) -> None:
-    given = [name for name, value in fields.items() if value is not None]
-    if len(given) > 1 or (not optional and not given):
-        wanted = "at most one" if optional else "exactly one"
-        raise ValueError(f"{what} needs {wanted} of {', '.join(fields)}, got {given or 'none'}")
-
-
-def _validate_requirement(requirement: Requirement) -> None:
-    if isinstance(requirement, SignedBy):
-        if requirement.key_type != "GPGKeys":
-            raise ValueError(f"signedBy: unknown keyType {requirement.key_type!r}")
-        _exactly_one(
-            "signedBy",
-            {
-                "keyPath": requirement.key_path,
-                "keyPaths": requirement.key_paths,
-                "keyData": requirement.key_data,
-            },
-        )
-    elif isinstance(requirement, SigstoreSigned):
-        _exactly_one(
-            "sigstoreSigned",
-            {
-                "keyPath": requirement.key_path,
-                "keyPaths": requirement.key_paths,
-                "keyData": requirement.key_data,
-                "keyDatas": requirement.key_datas,
-                "fulcio": requirement.fulcio,
-                "pki": requirement.pki,
-            },
-        )
-        _exactly_one(
-            "sigstoreSigned",
-            {
-                "rekorPublicKeyPath": requirement.rekor_public_key_path,
-                "rekorPublicKeyPaths": requirement.rekor_public_key_paths,
-                "rekorPublicKeyData": requirement.rekor_public_key_data,
-                "rekorPublicKeyDatas": requirement.rekor_public_key_datas,
-            },
-            optional=True,
-        )
-
-
-def _validate_list(where: str, requirements: tuple[Requirement, ...]) -> None:
-    if not requirements:
-        raise ValueError(f"{where}: the list of requirements must not be empty")
-    for requirement in requirements:
-        try:
-            _validate_requirement(requirement)
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
-
-
-def _validate(policy: Policy) -> None:
-    _validate_list("default", policy.default)
-    for transport, scopes in policy.transports.items():
-        for scope, requirements in scopes.items():
-            where = f"transports.{transport}[{scope!r}]"
-            if scope:
-                problem = _scope_problem(transport, scope)
-                if problem:
-                    raise ValueError(f"{where}: invalid scope: {problem}")
-            _validate_list(where, requirements)
-
-
-def _path_scope_problem(scope: str) -> str | None:
-    if not scope.startswith("/"):
-        return "must be an absolute path"
-    if scope == "/":
-        return 'use the transport default scope "" instead of "/"'
-    if posixpath.normpath(scope) != scope or scope.startswith("//"):
-        return f"not in canonical form (perhaps {posixpath.normpath(scope)})"
-    return None
-
-
-_ONLY_DEFAULT = 'only the default "" scope is supported'
-
-
-def _scope_problem(transport: str, scope: str) -> str | None:
-    """Why ``scope`` is not valid for ``transport`` (None when it is, or is unknown)."""
-    if transport in ("dir", "sif", "oci", "oci-archive"):
-        return _path_scope_problem(scope)
-    if transport in ("docker-archive", "tarball"):
-        return _ONLY_DEFAULT
-    if transport == "docker-daemon":
-        return "an image ID cannot be a namespace" if _is_digest(scope) else None
-    if transport == "containers-storage":
-        return _storage_scope_problem(scope)
-    return None
-
-
-def _storage_scope_problem(scope: str) -> str | None:
-    if not scope.startswith("["):
-        return "must start with a [store] specification"
-    close = scope.find("]")
-    if close < 1:
-        return "the [store] specification does not end"
-    spec, image = scope[1:close], scope[close + 1 :]
-    driver, at, root = spec.partition("@")
-    if at and not (driver and root):
-        return "the store must be [DRIVER@ROOT] or [ROOT]"
-    if not posixpath.isabs(root if at else spec):
-        return "the store's root must be an absolute path"
-    fields = image.split("@", 2)
-    if len(fields) == 2 and not (_is_image_id(fields[1]) or _is_digest(fields[1])):
-        return f"{fields[1]!r} is neither a digest nor an image ID"
-    if len(fields) == 3 and not (_is_digest(fields[1]) and _is_image_id(fields[2])):
-        return "expected NAME@DIGEST@ID"
-    return None
-
-
-# --------------------------------------------------------------------------
-# Docker references
-# --------------------------------------------------------------------------
-
-_ALNUM = r"[a-z0-9]+"
-_SEPARATOR = r"(?:[._]|__|[-]+)"
-_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
-_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_HOST = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])"
-_TAG = r"[\w][\w.-]{0,127}"
-_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
-_NAMED = re.compile(
-    rf"({_HOST}(?::[0-9]+)?)/({_COMPONENT}(?:/{_COMPONENT})*)(?::({_TAG}))?(?:@({_DIGEST}))?",
-    re.ASCII,
-)
-_IMAGE_ID = re.compile(r"[a-f0-9]{64}")
-_DIGEST_VALUE = re.compile(r"sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128}")
-_MAX_NAME = 255
-
-
-def _is_image_id(text: str) -> bool:
-    return _IMAGE_ID.fullmatch(text) is not None
-
-
-def _is_digest(text: str) -> bool:
-    return _DIGEST_VALUE.fullmatch(text) is not None
-
-
-@dataclasses.dataclass(frozen=True)
-class DockerName:
-    """A Docker reference in its fully expanded form: ``domain/path[:tag][@digest]``."""
-
-    domain: str
-    path: str
-    tag: str | None
-    digest: str | None
-
-    @property
-    def name(self) -> str:
-        """``domain/path``: the repository."""
-        return f"{self.domain}/{self.path}"
-
-    def __str__(self) -> str:
-        text = self.name
-        if self.tag is not None:
-            text += f":{self.tag}"
-        if self.digest is not None:
-            text += f"@{self.digest}"
-        return text
-
-
-def parse_docker_name(text: str) -> DockerName | None:
-    """Expand a Docker reference as ``docker pull`` does (``busybox`` is
-    ``docker.io/library/busybox``); None when it is not a valid reference.
-    """
-    if _is_image_id(text):
-        return None
-    first, slash, rest = text.partition("/")
-    if slash and ("." in first or ":" in first or first == "localhost"):
-        domain, remainder = first, rest
-    else:
-        domain, remainder = "docker.io", text
-    if domain == "index.docker.io":
-        domain = "docker.io"
-    if domain == "docker.io" and "/" not in remainder:
-        remainder = f"library/{remainder}"
-    repository = remainder.partition(":")[0]
-    if repository.lower() != repository:
-        return None
-    match = _NAMED.fullmatch(f"{domain}/{remainder}")
-    if match is None or len(match[1]) + 1 + len(match[2]) > _MAX_NAME:
-        return None
-    return DockerName(match[1], match[2], match[3], match[4])
 
 
 def _docker_namespaces(name: DockerName) -> list[str]:
-    """The repository, its parent namespaces, the host, then ``*.`` wildcard domains."""
+    """Return the repository, its parent namespaces, the host, then ``*.`` wildcard domains."""
     namespaces = []
     current = name.name
     while True:
@@ -478,7 +124,7 @@ def _path_identity(path: str | None, *, include_self: bool) -> list[Identity] | 
 
 
 def _storage_identities(rest: str, scopes: Iterable[str]) -> list[Identity] | None:
-    """Identities of a ``containers-storage:`` reference, for each store it may be in.
+    """Return the identities of a ``containers-storage:`` reference, for each store it may be in.
 
     The store is only known when the reference names both driver and root; else
     every store that a scope names is a candidate, and so is any other store.
@@ -515,7 +161,7 @@ def _storage_identities(rest: str, scopes: Iterable[str]) -> list[Identity] | No
 
 
 def _storage_images(image: str) -> list[tuple[DockerName | None, str | None]] | None:
-    """The (name, image ID) readings of the image part of a storage reference."""
+    """Return the (name, image ID) readings of the image part of a storage reference."""
     if not image:
         return None
     image_id = None
@@ -523,11 +169,11 @@ def _storage_images(image: str) -> list[tuple[DockerName | None, str | None]] | 
     at = image.rfind("@")
     if at != -1:
         possible = image[at + 1 :]
-        if not _is_digest(possible):
-            if not _is_image_id(possible):
+        if not is_digest(possible):
+            if not is_image_id(possible):
                 return None  # a short ID: only the store knows the image
             image_id, name_part = possible, image[:at]
-    if image_id is None and _is_image_id(name_part):
+    if image_id is None and is_image_id(name_part):
         return [(None, name_part)]
     if image_id is None and len(name_part) >= 3 and re.fullmatch(r"[0-9a-f]+", name_part):
         return None  # perhaps a short ID: only the store knows which image it names
@@ -562,14 +208,14 @@ def _storage_identity(
 def _identities(
     transport: str, rest: str, scopes: Iterable[str], resolve: Resolver
 ) -> list[Identity] | None:
-    """Every identity the reference may have; None when it cannot be told."""
+    """Return every identity the reference may have; None when it cannot be told."""
     if transport == "docker":
         if not rest.startswith("//"):
             return None
         name = _tagged_docker(rest[2:])
         return None if name is None else [_docker_identity(name)]
     if transport == "docker-daemon":
-        if _is_digest(rest):
+        if is_digest(rest):
             return [("", [])]
         name = parse_docker_name(rest)
         if name is None or (name.tag is None and name.digest is None):
@@ -604,7 +250,7 @@ class ScopeMatch:
     requirements: tuple[Requirement, ...]
 
     def describe(self) -> str:
-        """Where in the policy file the requirements are, e.g. ``transports.docker["x"]``."""
+        """Return where in the policy file the requirements are, e.g. ``transports.docker["x"]``."""
         if self.scope is None:
             return "default"
         return f"transports.{self.transport}[{json.dumps(self.scope)}]"
@@ -622,7 +268,7 @@ def _lookup(policy: Policy, transport: str, identity: Identity) -> ScopeMatch:
 
 
 def requirements_for(policy: Policy, reference: str, resolve: Resolver) -> list[ScopeMatch]:
-    """The policy sections that apply to ``reference`` (``transport:rest``).
+    """Return the policy sections that apply to ``reference`` (``transport:rest``).
 
     One section when the reference's identity is known, as containers/image would
     choose it; several when it cannot be known without the image's store, or the
@@ -647,7 +293,7 @@ def requirements_for(policy: Policy, reference: str, resolve: Resolver) -> list[
 
 
 def enforced_types(matches: Iterable[ScopeMatch]) -> list[str]:
-    """The requirement types in ``matches`` that do more than accept anything."""
+    """Return the requirement types in ``matches`` that do more than accept anything."""
     types: list[str] = []
     for match in matches:
         for requirement in match.requirements:

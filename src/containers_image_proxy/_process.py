@@ -27,7 +27,8 @@ import threading
 from collections.abc import Callable
 from typing import BinaryIO
 
-from .config import ChildCommand
+from ._command import ChildCommand
+from ._fd import OwnedFd, close_all, write_all
 from .errors import SpawnError
 
 __all__ = ["ChildProcess", "socket_pair"]
@@ -75,27 +76,23 @@ def _check_executable(command: str) -> None:
 
 
 def socket_pair() -> tuple[socket.socket, socket.socket]:
-    """A SOCK_SEQPACKET pair: (ours, the child's). Both close-on-exec."""
+    """Return a SOCK_SEQPACKET pair: (ours, the child's). Both close-on-exec."""
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 
 
-def _private_file(contents: bytes | BinaryIO, minimum_fd: int) -> int:
-    """Copy ``contents`` into an unnamed memory file; return its fd (>= minimum_fd)."""
-    memfd = os.memfd_create("containers-auth.json", os.MFD_CLOEXEC)
-    try:
+def _private_file(contents: bytes | BinaryIO, minimum_fd: int) -> OwnedFd:
+    """Copy ``contents`` into an unnamed memory file, numbered ``minimum_fd`` or above."""
+    with OwnedFd(os.memfd_create("containers-auth.json", os.MFD_CLOEXEC)) as memfd:
         if isinstance(contents, bytes):
-            os.write(memfd, contents)
+            write_all(memfd.fileno(), contents)
         else:
             # A seekable file is rewound, so the same config can start many proxies.
             start = contents.tell() if contents.seekable() else None
             while chunk := contents.read(65536):
-                os.write(memfd, chunk)
+                write_all(memfd.fileno(), chunk)
             if start is not None:
                 contents.seek(start)
-        fd = fcntl.fcntl(memfd, fcntl.F_DUPFD_CLOEXEC, minimum_fd)
-    finally:
-        os.close(memfd)
-    return fd
+        return OwnedFd(fcntl.fcntl(memfd.fileno(), fcntl.F_DUPFD_CLOEXEC, minimum_fd))
 
 
 class ChildProcess:
@@ -104,7 +101,8 @@ class ChildProcess:
     def __init__(self, command: ChildCommand, child_socket: socket.socket) -> None:
         """Start ``command`` with ``child_socket`` as its standard input.
 
-        Raises :class:`SpawnError` if the command cannot be executed.
+        Raises:
+            SpawnError: the command cannot be executed.
         """
         self._tail: collections.deque[bytes] = collections.deque()
         self._tail_size = 0
@@ -112,13 +110,13 @@ class ChildProcess:
         self._exited = threading.Event()
         self._stderr_done = threading.Event()
         self.returncode: int | None = None
-        self._private_fds: dict[int, int] = {}
+        self._private_fds: dict[int, OwnedFd] = {}
         self._credentials = command.credentials
         argv = list(command.argv)
         try:
             for wanted, contents in command.fds.items():
-                fd = _private_file(contents, wanted)
-                self._private_fds[wanted] = fd
+                private = self._private_fds[wanted] = _private_file(contents, wanted)
+                fd = private.fileno()
                 if fd != wanted:
                     argv = [
                         a.replace(f"/proc/self/fd/{wanted}", f"/proc/self/fd/{fd}") for a in argv
@@ -152,7 +150,7 @@ class ChildProcess:
                     stdin=child_socket.fileno(),
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
-                    pass_fds=tuple(self._private_fds.values()),
+                    pass_fds=tuple(fd.fileno() for fd in self._private_fds.values()),
                     preexec_fn=preexec,
                     process_group=0,
                 )
@@ -192,7 +190,7 @@ class ChildProcess:
             self._stderr_done.set()
 
     def stderr_tail(self, wait: float = 0.0) -> str:
-        """The last part of what the child wrote to stderr.
+        """Return the last part of what the child wrote to stderr.
 
         ``wait`` gives the drain thread that long to reach end-of-file first.
         """
@@ -208,7 +206,7 @@ class ChildProcess:
         return self.returncode
 
     def has_exited(self) -> bool:
-        """Whether the child has exited (and was reaped)."""
+        """Return whether the child has exited (and was reaped)."""
         return self._exited.is_set()
 
     def stop(self, grace: float = 5.0) -> int | None:
@@ -225,11 +223,11 @@ class ChildProcess:
 
     def set_registry_auth(self, contents: bytes) -> None:
         """Replace the private auth file's contents (skopeo rereads it per image)."""
-        fd = next(iter(self._private_fds.values()), None)
-        if fd is None:
+        private = next(iter(self._private_fds.values()), None)
+        if private is None:
             return
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, contents, 0)
+        os.ftruncate(private.fileno(), 0)
+        os.pwrite(private.fileno(), contents, 0)
 
     @property
     def credentials(self) -> tuple[str, str] | None:
@@ -239,5 +237,4 @@ class ChildProcess:
     def close_private_files(self) -> None:
         """Close the parent's copies of the private files."""
         fds, self._private_fds = self._private_fds, {}
-        for fd in fds.values():
-            os.close(fd)
+        close_all(fds.values())

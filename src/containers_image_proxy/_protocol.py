@@ -9,12 +9,9 @@ only move bytes; every decision about the protocol is taken here.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import enum
-import hashlib
 import json
-import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -22,6 +19,8 @@ from typing import Annotated, Any, NamedTuple
 
 import msgspec
 
+from ._fd import OwnedFd, close_all
+from ._reference import is_storage, storage_image_id
 from .errors import (
     AccessDeniedError,
     AuthenticationError,
@@ -103,12 +102,12 @@ def check_version(version: ProtocolVersion) -> None:
 
 
 def supports(method: str, version: ProtocolVersion) -> bool:
-    """Whether a proxy speaking ``version`` has ``method``."""
+    """Return whether a proxy speaking ``version`` has ``method``."""
     return version >= METHOD_VERSIONS.get(method, MIN_VERSION)
 
 
 def enforces_policy(version: ProtocolVersion) -> bool:
-    """Whether a proxy speaking ``version`` checks the signature policy at OpenImage."""
+    """Return whether a proxy speaking ``version`` checks the signature policy at OpenImage."""
     return version >= POLICY_VERSION
 
 
@@ -140,16 +139,7 @@ class Reply:
 
     value: Any
     pipeid: int
-    fds: tuple[int, ...]
-
-
-def close_fds(fds: Sequence[int]) -> None:
-    """Close every descriptor in ``fds``, ignoring ones already gone."""
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+    fds: tuple[OwnedFd, ...]
 
 
 # The proxy reports failures as text (and, from 0.2.8, a coarse code). The kinds a
@@ -219,7 +209,7 @@ _UNKNOWN_FLAG = re.compile(r"unknown flag: (--[A-Za-z0-9][A-Za-z0-9._-]*)")
 def startup_error(
     error: ProxyExitedError, flags: Mapping[str, tuple[str, str]]
 ) -> UnsupportedOptionError | None:
-    """The option skopeo refused at start, when ``error`` says it exited for that.
+    """Return the option skopeo refused at start, when ``error`` says it exited for that.
 
     ``flags`` maps each option given to skopeo to the configuration field that asked
     for it and what to do without it. None when the exit had another cause.
@@ -233,11 +223,8 @@ def startup_error(
     return UnsupportedOptionError(match[1], field, error.stderr.strip(), advice)
 
 
-STORAGE_TRANSPORT = "containers-storage:"
 #: The variable that names the storage.conf of containers-storage (inherited by skopeo).
 STORAGE_CONF_ENV = "CONTAINERS_STORAGE_CONF"
-_STORE_SPEC = re.compile(r"^\[[^\]]*\]")
-_IMAGE_ID = re.compile(r"@?([0-9a-f]{64})")
 _STORAGE_HINT = (
     "this process lacks the privileges the store needs: run as the store's owner, and for"
     " a rootless store inside its user namespace (skopeo_cmd=['podman', 'unshare', 'skopeo'])"
@@ -245,32 +232,31 @@ _STORAGE_HINT = (
 
 
 def is_storage_missing(reference: str, error: RequestError) -> bool:
-    """Whether ``error`` says that the ``containers-storage:`` image ``reference`` is missing.
+    """Return whether ``error`` says the ``containers-storage:`` image ``reference`` is missing.
 
     OpenImageOptional answers None then; skopeo reports some of these as failures.
     """
-    return reference.startswith(STORAGE_TRANSPORT) and isinstance(error, ImageNotFoundError)
+    return is_storage(reference) and isinstance(error, ImageNotFoundError)
 
 
 def open_error(
     reference: str, error: RequestError, storage_conf: str | None = None
 ) -> RequestError:
-    """The error to raise when OpenImage of ``reference`` failed with ``error``.
+    """Return the error to raise when OpenImage of ``reference`` failed with ``error``.
 
     For ``containers-storage:`` references, an image ID that the store lacks (skopeo
     then fails to parse the ID as a name) becomes :class:`ImageNotFoundError`, a
     denied access says what the store needs, and a missing ``storage_conf`` (the
     child's ``CONTAINERS_STORAGE_CONF``) is not taken for a missing image.
     """
-    if not reference.startswith(STORAGE_TRANSPORT):
+    if not is_storage(reference):
         return error
     if storage_conf and f"{storage_conf}: no such file" in error.message:
         message = f"{error.message} ({STORAGE_CONF_ENV} names a file that does not exist)"
         return RequestError(error.method, message, error.code)
-    name = _STORE_SPEC.sub("", reference[len(STORAGE_TRANSPORT) :], count=1)
-    match = _IMAGE_ID.fullmatch(name)
-    if match and "64-byte hexadecimal" in error.message:
-        message = f"no image with ID {match.group(1)} in the store ({error.message})"
+    image_id = storage_image_id(reference)
+    if image_id is not None and "64-byte hexadecimal" in error.message:
+        message = f"no image with ID {image_id} in the store ({error.message})"
         return ImageNotFoundError(error.method, message, error.code)
     if isinstance(error, AccessDeniedError):
         return AccessDeniedError(error.method, f"{error.message} ({_STORAGE_HINT})", error.code)
@@ -278,7 +264,7 @@ def open_error(
 
 
 def is_broken_pipe(error: RequestError) -> bool:
-    """Whether ``error`` reports that the client closed a pipe before its end."""
+    """Return whether ``error`` reports that the client closed a pipe before its end."""
     return error.code == "EPIPE" or (
         error.code is None and bool(_BROKEN_PIPE.search(error.message))
     )
@@ -297,7 +283,7 @@ _TRANSIENT = re.compile(
 
 
 def is_transient(error: BaseException) -> bool:
-    """Whether trying the same transfer again may succeed.
+    """Return whether trying the same transfer again may succeed.
 
     True for what the proxy marks ``retryable`` (protocol 0.2.8), for a stall, and
     for a failure whose message names a cut connection, a timeout or an HTTP 5xx or
@@ -360,7 +346,7 @@ class PipeWatch:
         self._next_probe = probe_interval
 
     def timeout(self) -> float | None:
-        """Seconds to wait for data before :meth:`silence` has something to decide."""
+        """Return the seconds to wait for data before :meth:`silence` has something to decide."""
         idle = self.transfer.idle()
         limits = [] if self.stall is None else [self.stall - idle]
         if not self.probing and self._next_probe is not None:
@@ -368,7 +354,7 @@ class PipeWatch:
         return max(0.0, min(limits)) if limits else None
 
     def silence(self) -> Silence:
-        """What the silence so far calls for."""
+        """Return what the silence so far calls for."""
         idle = self.transfer.idle()
         if self.stall is not None and idle >= self.stall:
             return Silence.STALL
@@ -381,7 +367,7 @@ class PipeWatch:
         self.probing = True
 
     def probe_deferred(self) -> None:
-        """The proxy is busy with another request: try the probe again a little later."""
+        """Try the probe again a little later: the proxy is busy with another request."""
         self._next_probe = self.transfer.idle() + PROBE_RETRY
 
 
@@ -392,16 +378,22 @@ def _load_json(data: bytes, what: str) -> Any:
         raise ProtocolError(f"{what} is not valid JSON: {exc}") from None
 
 
-def decode_reply(method: str, data: bytes, fds: Sequence[int], truncated: bool = False) -> Reply:
+def decode_reply(
+    method: str, data: bytes, fds: Sequence[OwnedFd], truncated: bool = False
+) -> Reply:
     """Validate one reply packet to ``method`` and the descriptors that came with it.
 
     On any error every descriptor in ``fds`` is closed before raising, so nothing
     leaks; on success their ownership passes to the returned :class:`Reply`.
+
+    Raises:
+        ProtocolError: the reply breaks the protocol.
+        RequestError: the proxy reported a failure (the most specific subclass).
     """
     try:
         return _decode_reply(method, data, fds, truncated)
     except BaseException:
-        close_fds(fds)
+        close_all(fds)
         raise
 
 
@@ -418,7 +410,7 @@ class _WireReply(msgspec.Struct):
 _REPLY_DECODER = msgspec.json.Decoder(_WireReply)
 
 
-def _decode_reply(method: str, data: bytes, fds: Sequence[int], truncated: bool) -> Reply:
+def _decode_reply(method: str, data: bytes, fds: Sequence[OwnedFd], truncated: bool) -> Reply:
     if truncated or len(data) > MAX_MSG_SIZE:
         raise ProtocolError(f"reply to {method} exceeds the {MAX_MSG_SIZE}-byte packet limit")
     try:
@@ -451,17 +443,17 @@ def _expect_int(method: str, value: object, minimum: int) -> int:
 
 
 def image_handle(method: str, value: object, *, optional: bool = False) -> int:
-    """The image handle in a reply to OpenImage (or 0 for a missing optional image)."""
+    """Return the image handle in a reply to OpenImage (or 0 for a missing optional image)."""
     return _expect_int(method, value, 0 if optional else 1)
 
 
 def blob_size(method: str, value: object) -> int:
-    """The blob size in a reply to GetBlob or GetRawBlob; -1 means unknown."""
+    """Return the blob size in a reply to GetBlob or GetRawBlob; -1 means unknown."""
     return _expect_int(method, value, -1)
 
 
 def manifest_digest(value: object) -> Digest:
-    """The digest of the original manifest in a reply to GetManifest."""
+    """Return the digest of the original manifest in a reply to GetManifest."""
     if not isinstance(value, str):
         raise ProtocolError(f"reply to GetManifest has an invalid digest: {value!r}")
     try:
@@ -510,7 +502,7 @@ class Transfer:
         self._hasher: Any = digest.hasher() if verify else None
 
     def remaining(self) -> int | None:
-        """Bytes still due, or ``None`` when the size is unknown."""
+        """Return the bytes still due, or ``None`` when the size is unknown."""
         return None if self.expected is None else self.expected - self.received
 
     def update(self, chunk: bytes | memoryview) -> None:
@@ -528,7 +520,7 @@ class Transfer:
         self.last_data = time.monotonic()
 
     def idle(self) -> float:
-        """Seconds since data last arrived (or since the transfer began)."""
+        """Return the seconds since data last arrived (or since the transfer began)."""
         return time.monotonic() - self.last_data
 
     def check_complete(self, extra: int = 0) -> None:
@@ -548,25 +540,3 @@ class Transfer:
                 raise VerificationError(
                     f"blob {self.digest}: digest mismatch, the data hashes to {actual}"
                 )
-
-
-def registry_host(reference: str) -> str | None:
-    """The registry host of a ``docker://`` reference, as auth files key it."""
-    if not reference.startswith("docker://"):
-        return None
-    name = reference[len("docker://") :]
-    first, sep, _ = name.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost"):
-        return "docker.io" if first == "index.docker.io" else first
-    return "docker.io"
-
-
-def auth_file_contents(host: str, username: str, password: str) -> bytes:
-    """A containers-auth.json document with credentials for ``host``."""
-    token = base64.b64encode(f"{username}:{password}".encode()).decode()
-    return json.dumps({"auths": {host: {"auth": token}}}).encode()
-
-
-def sha256_digest(data: bytes) -> Digest:
-    """The sha256 digest of ``data``."""
-    return Digest("sha256:" + hashlib.sha256(data).hexdigest())

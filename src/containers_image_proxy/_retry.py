@@ -28,12 +28,12 @@ class RetryPolicy:
     delay: float | None = None
 
     def delay_before(self, retry: int) -> float:
-        """Seconds to wait before retry number ``retry`` (1 for the first)."""
+        """Return the seconds to wait before retry number ``retry`` (1 for the first)."""
         if self.delay is not None:
             return self.delay
         return min(MAX_BACKOFF, 2.0 ** (retry - 1))
 
     def should_retry(self, error: BaseException, retries_done: int) -> bool:
-        """Whether a transfer that failed with ``error`` after ``retries_done`` retries
+        """Return whether a transfer that failed with ``error`` after ``retries_done`` retries
         is tried again: the error must be transient and retries left."""
         return retries_done < self.times and is_transient(error)

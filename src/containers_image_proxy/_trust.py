@@ -32,7 +32,7 @@ ENFORCING_VERSION = "0.2.6"
 
 
 def default_policy_path() -> str | None:
-    """The policy file containers/image loads when none is given, or None if there is none."""
+    """Return the policy file containers/image loads when none is given (None: no file)."""
     home = os.path.expanduser("~")
     for path in (os.path.join(home, USER_POLICY), SYSTEM_POLICY):
         if os.path.exists(path):
@@ -41,7 +41,7 @@ def default_policy_path() -> str | None:
 
 
 def resolve_path(path: str) -> str | None:
-    """``path`` made absolute and free of symlinks, as containers/image resolves the
+    """Return ``path`` made absolute and free of symlinks, as containers/image resolves the
     paths of ``dir:``, ``oci:`` and ``oci-archive:`` references (the last component
     may be missing). None when that fails.
     """

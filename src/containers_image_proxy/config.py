@@ -1,8 +1,8 @@
-"""What the user asks of the proxy, and its translation into skopeo's command line.
+"""What the user asks of the proxy: :class:`ImageProxyConfig`, checked when it is made.
 
-:class:`ImageProxyConfig` holds the options; :func:`build_command` turns them into a
-:class:`ChildCommand` (argv plus the private files to hand over by descriptor)
-without touching the system, so the translation can be checked on its own.
+Its translation into skopeo's command line is :func:`build_command` (in
+``_command``, importable from here too), which turns the options into a
+:class:`ChildCommand` without touching the system.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import dataclasses
 import io
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import BinaryIO
 
+from ._command import AUTH_FD, DEBUG_ENV, OPTION_FIELDS, ChildCommand, build_command
 from .errors import ConfigurationError
 
 __all__ = [
@@ -25,12 +26,6 @@ __all__ = [
     "build_command",
     "validate",
 ]
-
-#: Environment variable that turns debug output on, whatever the config says.
-DEBUG_ENV = "CONTAINERS_IMAGE_PROXY_DEBUG"
-
-#: Descriptor number under which the child receives a private auth file.
-AUTH_FD = 100
 
 StrPath = str | os.PathLike[str]
 
@@ -116,58 +111,6 @@ class ImageProxyConfig:
     def __post_init__(self) -> None:
         validate(self)
 
-
-@dataclasses.dataclass(frozen=True)
-class ChildCommand:
-    """How to start the child: argv, private files by descriptor, and stderr handling.
-
-    ``fds`` maps a descriptor number in the child to the bytes or binary file whose
-    contents the child must find there, in a private file without a name on disk.
-    ``credentials`` is set when the private auth file must be filled from a user
-    name and password (per registry, before each image is opened).
-    """
-
-    argv: tuple[str, ...]
-    fds: Mapping[int, bytes | BinaryIO]
-    debug: bool
-    credentials: tuple[str, str] | None = None
-
-
-def _flag(argv: list[str], name: str, value: object) -> None:
-    if value is not None:
-        argv += [name, os.fspath(value) if isinstance(value, os.PathLike) else str(value)]
-
-
-#: Each option skopeo may be given: the field that asks for it, and what to do when
-#: the installed skopeo lacks it (see :class:`UnsupportedOptionError`).
-OPTION_FIELDS: Mapping[str, tuple[str, str]] = {
-    "--debug": ("debug", ""),
-    "--policy": ("policy", ""),
-    "--insecure-policy": ("insecure_policy", ""),
-    "--require-signed": (
-        "require_signed",
-        "it needs a newer skopeo (its image proxy must also speak protocol 0.2.6 or later"
-        " to enforce signatures); or require signatures in the policy file instead",
-    ),
-    "--registries.d": ("registries_d", ""),
-    "--override-os": ("override_os", ""),
-    "--override-arch": ("override_arch", ""),
-    "--override-variant": ("override_variant", ""),
-    "--tmpdir": ("tmpdir", ""),
-    "--user-agent-prefix": ("user_agent_prefix", "it needs skopeo 1.21 or newer; remove it"),
-    "--tls-details": ("tls_details", "it needs a newer skopeo; remove it"),
-    "--authfile": ("authfile, auth_data or username", ""),
-    "--no-creds": ("auth_anonymous", ""),
-    "--cert-dir": ("certificate_directory", ""),
-    "--decryption-key": (
-        "decryption_keys",
-        "no skopeo's image proxy accepts it yet (skopeo copy does), so encrypted images"
-        " cannot be read through the proxy; remove decryption_keys",
-    ),
-    "--tls-verify": ("insecure_skip_tls_verification", ""),
-    "--shared-blob-dir": ("shared_blob_dir", ""),
-    "--daemon-host": ("daemon_host", ""),
-}
 
 _PATH_FIELDS = (
     "authfile",
@@ -293,7 +236,10 @@ def validate(config: ImageProxyConfig) -> None:
     """Check every field's type and value, and options that exclude each other.
 
     Runs when a configuration is made, and again before a proxy starts (the fields
-    may have been changed in between). Raises :class:`ConfigurationError`.
+    may have been changed in between).
+
+    Raises:
+        ConfigurationError: a field is invalid, or options exclude each other.
     """
     _check_types(config)
     _check_retry_options(config)
@@ -320,59 +266,3 @@ def _check_retry_options(config: ImageProxyConfig) -> None:
         raise ConfigurationError(
             f"retry_delay must be between 0 and {_MAX_RETRY_DELAY} seconds (or None), got {delay}"
         )
-
-
-def build_command(
-    config: ImageProxyConfig | None = None, environ: Mapping[str, str] | None = None
-) -> ChildCommand:
-    """Translate ``config`` into the child's command line and private files.
-
-    Pure: nothing is spawned, opened or read. ``environ`` defaults to ``os.environ``
-    and is consulted only for ``CONTAINERS_IMAGE_PROXY_DEBUG``.
-    Raises :class:`ConfigurationError` for invalid values and for options that
-    exclude each other.
-    """
-    config = config or ImageProxyConfig()
-    environ = os.environ if environ is None else environ
-    validate(config)
-    debug = config.debug or DEBUG_ENV in environ
-
-    argv = list(config.skopeo_cmd) if config.skopeo_cmd is not None else ["skopeo"]
-    # Global options precede the subcommand.
-    if debug:
-        argv.append("--debug")
-    _flag(argv, "--policy", config.policy)
-    if config.insecure_policy:
-        argv.append("--insecure-policy")
-    if config.require_signed:
-        argv.append("--require-signed")
-    _flag(argv, "--registries.d", config.registries_d)
-    _flag(argv, "--override-os", config.override_os)
-    _flag(argv, "--override-arch", config.override_arch)
-    _flag(argv, "--override-variant", config.override_variant)
-    _flag(argv, "--tmpdir", config.tmpdir)
-    _flag(argv, "--user-agent-prefix", config.user_agent_prefix)
-    _flag(argv, "--tls-details", config.tls_details)
-
-    argv.append("experimental-image-proxy")
-    fds: dict[int, bytes | BinaryIO] = {}
-    credentials = None
-    if config.authfile is not None:
-        _flag(argv, "--authfile", config.authfile)
-    elif config.auth_data is not None:
-        fds[AUTH_FD] = config.auth_data
-        argv += ["--authfile", f"/proc/self/fd/{AUTH_FD}"]
-    elif config.username is not None and config.password is not None:
-        fds[AUTH_FD] = b'{"auths": {}}'
-        credentials = (config.username, config.password)
-        argv += ["--authfile", f"/proc/self/fd/{AUTH_FD}"]
-    elif config.auth_anonymous:
-        argv.append("--no-creds")
-    _flag(argv, "--cert-dir", config.certificate_directory)
-    for key in config.decryption_keys or ():
-        _flag(argv, "--decryption-key", key)
-    if config.insecure_skip_tls_verification:
-        argv.append("--tls-verify=false")
-    _flag(argv, "--shared-blob-dir", config.shared_blob_dir)
-    _flag(argv, "--daemon-host", config.daemon_host)
-    return ChildCommand(argv=tuple(argv), fds=fds, debug=debug, credentials=credentials)

@@ -1,26 +1,45 @@
-"""The exception family of containers_image_proxy.
+"""Every exception of containers_image_proxy, in one family.
 
-Every exception raised by this package derives from :class:`ImageProxyError`, so a
-single ``except ImageProxyError`` catches them all. Subclasses tell what went wrong
-and carry what a caller needs to react: the method that failed, the proxy's own
-message and error code, the exit status of a dead proxy, the versions involved.
-``retryable`` says whether trying the same operation again may succeed.
-
-The proxy's refusals are sorted into types in one place (the protocol core), so
-callers and the command line tell them apart without reading message text::
+Each derives from :class:`ImageProxyError`, so a single ``except ImageProxyError``
+catches them all. Subclasses tell what went wrong and carry what a caller needs to
+react: the method that failed, the proxy's own message and error code, the exit
+status of a dead proxy, the versions involved. ``retryable`` says whether trying the
+same operation again may succeed. The proxy's refusals are sorted into these types
+in one place (the protocol core), so callers tell them apart without reading text.
+A second base class in parentheses keeps the error catchable as a built-in one::
 
     ImageProxyError
-    ├── ConfigurationError (ValueError)
-    │   └── UnsupportedOptionError      the installed skopeo lacks an option asked for
-    ├── ProxyTooOldError
-    │   └── PolicyNotEnforcedError      a signature policy applies, the proxy cannot enforce it
-    └── RequestError                    the proxy refused or failed a request
-        ├── ImageNotFoundError
-        ├── PolicyRejectedError         the signature policy refused the image
-        ├── AuthenticationError         credentials missing, refused or denied
-        ├── InvalidReferenceError (ValueError)
-        ├── CertificateError            TLS verification failed
-        └── BlobVerificationError
+    ├── ConfigurationError (ValueError)        options that are invalid or exclude each other
+    │   └── UnsupportedOptionError             the installed skopeo lacks an option asked for
+    ├── SpawnError (OSError)                   the skopeo command could not be started
+    ├── ProtocolError                          the proxy broke the protocol
+    ├── InvalidDigestError (ValueError)        a malformed or unsupported digest
+    ├── InvalidDocumentError (ValueError)      a manifest, index or configuration failed validation
+    ├── TemplateError (ValueError)             an inspect template this package cannot fill
+    ├── ProxyTooOldError                       the proxy's protocol lacks what was asked for
+    │   ├── PolicyNotEnforcedError             a signature policy applies, the proxy would ignore it
+    │   └── LayerUnavailableError              a stored layer this proxy cannot serve
+    ├── RequestError                           the proxy refused or failed a request
+    │   ├── ImageNotFoundError
+    │   ├── PolicyRejectedError                the signature policy refused the image
+    │   ├── AuthenticationError                credentials missing, refused or denied
+    │   ├── InvalidReferenceError (ValueError)
+    │   ├── CertificateError                   TLS verification failed
+    │   ├── AccessDeniedError                  the proxy lacks privileges on a file or store
+    │   └── BlobVerificationError              (also a VerificationError) the proxy's check failed
+    ├── VerificationError                      data did not match its digest or size
+    ├── ProxyExitedError                       skopeo exited while it was still needed
+    │   └── ProxyFailedError                   skopeo failed its shutdown
+    ├── StallTimeoutError (TimeoutError)       a pipe stayed silent too long
+    ├── ClosedError (ValueError)               use after close, or with another proxy
+    ├── BusyError (RuntimeError)               two readers at once, or a wait that never ends
+    ├── LayoutError (OSError)                  the destination cannot hold an OCI layout
+    └── UnpackError                            a layer could not be applied to a root filesystem
+        ├── LayerFormatError (ValueError)      not what the layer claims to be
+        │   ├── CompressionMismatchError       compressed otherwise than its media type says
+        │   └── TarTrailerError                data after the tar's end-of-archive marker
+        ├── UnsafeLayerError                   an entry would reach outside the destination
+        └── LimitExceededError                 a layer went past an UnpackLimits field
 """
 
 from __future__ import annotations
@@ -239,7 +258,16 @@ class ClosedError(ImageProxyError, ValueError):
 
 
 class BusyError(ImageProxyError, RuntimeError):
-    """A blob stream was read by two threads or tasks at once."""
+    """A blob stream was read by two threads or tasks at once, or a request was made
+    by the thread or task whose blob holds the proxy (it would wait forever)."""
+
+
+class LayoutError(ImageProxyError, OSError):
+    """The destination cannot hold an OCI layout (not a directory, not writable, ...)."""
+
+
+class TemplateError(ImageProxyError, ValueError):
+    """A ``--format`` template of ``inspect`` uses more than the ``{{.Field}}`` actions."""
 
 
 class UnpackError(ImageProxyError):

@@ -78,7 +78,7 @@ PullEvent = PullStarted | BlobStarted | BlobProgress | BlobRetrying | BlobFinish
 def blob_progress(
     descriptor: Descriptor, progress: Callable[[PullEvent], object] | None
 ) -> Callable[[int], None]:
-    """A byte-count callback (as ``Blob.copy_to`` takes) that reports :class:`BlobProgress`."""
+    """Return a byte-count callback (as ``Blob.copy_to`` takes) reporting :class:`BlobProgress`."""
     received = 0
 
     def advance(count: int) -> None:

@@ -27,9 +27,14 @@ import msgspec
 from .errors import InvalidDigestError, InvalidDocumentError
 
 __all__ = [
+    "ANNOTATION_REF_NAME",
     "DOCKER_CONFIG",
     "DOCKER_FOREIGN_LAYER",
+    "DOCKER_FOREIGN_LAYER_TAR",
+    "DOCKER_LAYER",
+    "DOCKER_LAYER_FROM_OCI",
     "DOCKER_LAYER_GZIP",
+    "DOCKER_LAYER_ZSTD",
     "DOCKER_MANIFEST_LIST",
     "DOCKER_MANIFEST_V2",
     "EMPTY_JSON_DIGEST",
@@ -90,8 +95,24 @@ MEDIA_TYPE_EMPTY_JSON: Final = "application/vnd.oci.empty.v1+json"
 DOCKER_MANIFEST_V2: Final = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST: Final = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_CONFIG: Final = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER: Final = "application/vnd.docker.image.rootfs.diff.tar"
 DOCKER_LAYER_GZIP: Final = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+DOCKER_LAYER_ZSTD: Final = "application/vnd.docker.image.rootfs.diff.tar.zstd"
+DOCKER_FOREIGN_LAYER_TAR: Final = "application/vnd.docker.image.rootfs.foreign.diff.tar"
 DOCKER_FOREIGN_LAYER: Final = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+
+#: The OCI layer media types a Docker schema 2 manifest's layers are converted to,
+#: mapped back to the Docker types they were converted from.
+DOCKER_LAYER_FROM_OCI: Final[dict[str, str]] = {
+    MEDIA_TYPE_LAYER: DOCKER_LAYER,
+    MEDIA_TYPE_LAYER_GZIP: DOCKER_LAYER_GZIP,
+    MEDIA_TYPE_LAYER_ZSTD: DOCKER_LAYER_ZSTD,
+    MEDIA_TYPE_LAYER_NONDISTRIBUTABLE: DOCKER_FOREIGN_LAYER_TAR,
+    MEDIA_TYPE_LAYER_NONDISTRIBUTABLE_GZIP: DOCKER_FOREIGN_LAYER,
+}
+
+#: Annotation naming an image in an OCI layout's index (its tag).
+ANNOTATION_REF_NAME: Final = "org.opencontainers.image.ref.name"
 
 #: Media types of single-image manifests (OCI and Docker schema 2).
 MANIFEST_MEDIA_TYPES: Final = frozenset({MEDIA_TYPE_IMAGE_MANIFEST, DOCKER_MANIFEST_V2})

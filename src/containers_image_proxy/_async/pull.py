@@ -1,7 +1,7 @@
 """Pulling a whole image into an OCI layout, and streaming its layers.
 
-Written once for asyncio (``pull_async``, ``stream_layers_async``); the blocking
-``pull`` and ``stream_layers`` are generated from this file by tools/gen_sync.py.
+Written once for asyncio (``pull_async``, ``stream_layers_async``) in ``_async/``;
+the blocking ``pull`` and ``stream_layers`` in ``_sync/`` are generated from it.
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
-from .. import _protocol as proto
 from .._backends import AsyncBackend as Backend
 from .._backends import AsyncResult
 from .._image import OpenedImage
 from .._layers import PREFIX_SIZE, check_uncompressed, fetch_plan, true_layer, unavailable
 from .._layout import SOURCE_DIGEST, Layout
-from .._tags import default_tag, parse_destination, resolve_tag
+from .._reference import parse_destination
+from .._tags import resolve_tag
 from ..config import ImageProxyConfig
 from ..errors import ImageNotFoundError, ProtocolError, RequestError, VerificationError
 from ..events import (
@@ -42,7 +42,8 @@ from ..oci import (
     decode_config,
     decode_manifest,
 )
-from .proxy import AsyncBlob, AsyncImageProxy
+from .blob import AsyncBlob
+from .proxy import AsyncImageProxy
 from .retry import (
     AsyncImageSource,
     AsyncResumingBlob,
@@ -51,7 +52,7 @@ from .retry import (
     retry_transfer,
 )
 
-__all__ = ["default_tag", "layer_info", "pull_async", "stream_layers_async"]
+__all__ = ["layer_info", "pull_async", "stream_layers_async"]
 
 _log = logging.getLogger("containers_image_proxy")
 
@@ -66,7 +67,7 @@ ProgressCallback = Callable[[PullEvent], object]
 async def _fetch_config(
     proxy: AsyncImageProxy, image: OpenedImage, descriptor: Descriptor
 ) -> bytes:
-    """The config blob's exact bytes (docs/protocol.md, Observed: configuration bytes)."""
+    """Return the config blob's exact bytes (docs/protocol.md, Observed: configuration bytes)."""
     try:
         async with await proxy.get_descriptor(image, descriptor) as blob:
             return await blob.read()
@@ -74,7 +75,7 @@ async def _fetch_config(
         # A manifest converted to OCI can name a config digest the source lacks;
         # GetFullConfig then returns exactly those bytes.
         data = await proxy.fetch_config_raw(image)
-        if proto.sha256_digest(data) != descriptor.digest:
+        if Digest.from_bytes(data) != descriptor.digest:
             raise first
         return data
 
@@ -82,7 +83,7 @@ async def _fetch_config(
 async def layer_info(
     proxy: AsyncImageProxy, image: OpenedImage, manifest: ImageManifest
 ) -> list[ConvertedLayerInfo] | None:
-    """GetLayerInfo's answer where the proxy can give it, else None.
+    """Return GetLayerInfo's answer where the proxy can give it, else None.
 
     None before protocol 0.2.5, and on 0.2.5 and 0.2.6 for images whose answer
     overflows the inline reply's packet (the layers' bytes then tell their types).
@@ -108,6 +109,67 @@ async def _open_layer(
         return await proxy.get_descriptor(image, layer)
     except ImageNotFoundError as exc:
         raise unavailable(image.reference, layer, exc, proxy.protocol_version, has_info) from exc
+
+
+class AsyncPull:
+    """One pull under way: its image sources, its destination, what it fetched."""
+
+    def __init__(
+        self,
+        sources: list[AsyncImageSource],
+        layout: Layout,
+        progress: ProgressCallback | None,
+    ) -> None:
+        self.sources = sources
+        self.layout = layout
+        self.progress = progress
+        self.policy = retry_policy(sources[0].config)
+        self.fetched: list[Descriptor] = []
+        self.retries: list[BlobRetrying] = []
+
+    def report(self, event: PullEvent) -> None:
+        """Hand ``event`` to the progress callback, if there is one."""
+        if self.progress is not None:
+            self.progress(event)
+
+    async def fetch_all(
+        self, blobs: tuple[Descriptor, ...], present: set[Digest], has_info: bool, jobs: int
+    ) -> None:
+        """Fetch the blobs not ``present`` (the config first), ``jobs`` at a time."""
+
+        def task(index: int, descriptor: Descriptor) -> Callable[[], AsyncResult[None]]:
+            async def run() -> None:
+                if descriptor.digest in present:
+                    self.report(BlobFinished(descriptor, skipped=True))
+                    return
+                self.report(BlobStarted(descriptor))
+                await self._fetch(index, descriptor, has_info)
+                self.fetched.append(descriptor)
+                self.report(BlobFinished(descriptor, skipped=False))
+
+            return run
+
+        def abort() -> None:
+            # The blocking twin's threads cannot be cancelled: stopping our skopeos
+            # makes the blobs they stream end at once.
+            for source in self.sources:
+                source.stop()
+
+        await Backend.run_all([task(i, blob) for i, blob in enumerate(blobs)], jobs, abort)
+
+    async def _fetch(self, index: int, descriptor: Descriptor, has_info: bool) -> None:
+        source = self.sources[index % len(self.sources)]
+
+        async def attempt() -> None:
+            if index == 0:
+                data = await _fetch_config(source.proxy, source.image, descriptor)
+                self.layout.write_blob(descriptor.digest, data)
+                self.report(BlobProgress(descriptor, len(data), len(data)))
+            else:
+                blob = await _open_layer(source.proxy, source.image, descriptor, has_info)
+                await _fetch_layer(blob, descriptor, self.layout, self.progress)
+
+        await retry_transfer(attempt, descriptor, source, self.policy, self.progress, self.retries)
 
 
 async def pull_async(
@@ -143,14 +205,6 @@ async def pull_async(
     above ``STREAMS_PER_PROXY``, over a few. An open ``proxy`` may be given to reuse
     it (``config`` is then ignored and ``jobs`` share it).
 
-    Raises:
-        ValueError: ``jobs`` below 1, or a destination TAG that contradicts ``tag``.
-        LayerUnavailableError: the source cannot serve a layer through this skopeo.
-        CompressionMismatchError: a layer's bytes contradict its media type (see
-            :func:`~containers_image_proxy.detect_compression`).
-        VerificationError: a blob does not match its descriptor, or an uncompressed
-            layer's digest is not its diff_id.
-
     A blob whose transfer fails for a reason that may pass is fetched again, as the
     configuration's ``retry_times`` and ``retry_delay`` say; each retry is a
     :class:`BlobRetrying` event and is listed in the result. A proxy of the pull's
@@ -163,120 +217,99 @@ async def pull_async(
             :func:`~containers_image_proxy.detect_compression`).
         VerificationError: a blob does not match its descriptor, or an uncompressed
             layer's digest is not its diff_id.
+        LayoutError: ``dest`` cannot hold an OCI layout.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     dest, tag = parse_destination(dest, tag)
-    retries: list[BlobRetrying] = []
+    count = 1 if proxy is not None else min(MAX_PROXIES, math.ceil(jobs / STREAMS_PER_PROXY))
     async with contextlib.AsyncExitStack() as stack:
-        count = 1 if proxy is not None else min(MAX_PROXIES, math.ceil(jobs / STREAMS_PER_PROXY))
         sources = [
             await stack.enter_async_context(AsyncImageSource(reference, config, proxy))
             for _ in range(count)
         ]
         # Only once the image is open (and the signature policy has allowed it) is
         # anything written: a refused image leaves no trace in ``dest``.
-        layout = Layout(dest)
+        pull = AsyncPull(sources, Layout(dest), progress)
         tag, tag_origin = await Backend.run_blocking(resolve_tag, reference, tag)
-        policy = retry_policy(sources[0].config)
         source_digest, raw = await sources[0].proxy.fetch_manifest_raw_oci(sources[0].image)
         manifest = decode_manifest(raw)
         infos = await layer_info(sources[0].proxy, sources[0].image, manifest)
         plan = fetch_plan(manifest, infos)
         blobs = (manifest.config, *plan)
-        if progress is not None:
-            progress(PullStarted(reference, blobs))
-
+        pull.report(PullStarted(reference, blobs))
         # Hashing what is already there reads whole layers: not on the event loop.
-        present = await Backend.run_blocking(_present, layout, blobs)
-        fetched: list[Descriptor] = []
-
-        async def fetch(index: int, descriptor: Descriptor) -> None:
-            if descriptor.digest in present:
-                if progress is not None:
-                    progress(BlobFinished(descriptor, skipped=True))
-                return
-            if progress is not None:
-                progress(BlobStarted(descriptor))
-            source = sources[index % len(sources)]
-
-            async def attempt() -> None:
-                if index == 0:
-                    data = await _fetch_config(source.proxy, source.image, descriptor)
-                    layout.write_blob(descriptor.digest, data)
-                    if progress is not None:
-                        progress(BlobProgress(descriptor, len(data), len(data)))
-                else:
-                    blob = await _open_layer(
-                        source.proxy, source.image, descriptor, infos is not None
-                    )
-                    await _fetch_layer(blob, descriptor, layout, progress)
-
-            await retry_transfer(attempt, descriptor, source, policy, progress, retries)
-            fetched.append(descriptor)
-            if progress is not None:
-                progress(BlobFinished(descriptor, skipped=False))
-
-        def task(index: int, descriptor: Descriptor) -> Callable[[], AsyncResult[None]]:
-            async def run() -> None:
-                await fetch(index, descriptor)
-
-            return run
-
-        def abort() -> None:
-            # The blocking twin's threads cannot be cancelled: stopping our skopeos
-            # makes the blobs they stream end at once.
-            for source in sources:
-                source.stop()
-
-        await Backend.run_all([task(i, blob) for i, blob in enumerate(blobs)], jobs, abort)
-
-        config_blob = layout.blob_path(manifest.config.digest).read_bytes()
-        heads = await Backend.run_blocking(_heads, layout, plan)
-        layers = [
-            true_layer(listed, descriptor, head)
-            for listed, descriptor, head in zip(manifest.layers, plan, heads, strict=True)
-        ]
-        _check_diff_ids(config_blob, layers)
-        rewritten = layers != list(manifest.layers)
-        if rewritten:
-            raw = _corrected_manifest(raw, layers, source_digest)
-            manifest = decode_manifest(raw)
-        manifest_digest = proto.sha256_digest(raw)
-        layout.put_blob(manifest_digest, raw)
-        entry: dict[str, Any] = {
-            "mediaType": manifest.media_type or MEDIA_TYPE_IMAGE_MANIFEST,
-            "digest": str(manifest_digest),
-            "size": len(raw),
-        }
-        platform = _platform(config_blob)
-        if platform:
-            entry["platform"] = platform
-        layout.add_manifest(entry, tag)
+        present = await Backend.run_blocking(_present, pull.layout, blobs)
+        await pull.fetch_all(blobs, present, infos is not None, jobs)
+        stored = await Backend.run_blocking(
+            _store_manifest, pull.layout, raw, manifest, plan, source_digest
+        )
+        await Backend.run_blocking(pull.layout.add_manifest, _index_entry(stored), tag)
     return PullResult(
         reference=reference,
-        dest=layout.root,
+        dest=pull.layout.root,
         tag=tag,
-        manifest_digest=manifest_digest,
+        manifest_digest=stored.digest,
         source_digest=source_digest,
-        manifest=manifest,
-        fetched=tuple(d.digest for d in fetched),
-        skipped=tuple(d.digest for d in blobs if d.digest in present),
-        bytes_fetched=sum(d.size for d in fetched),
+        manifest=stored.manifest,
+        fetched=tuple(blob.digest for blob in pull.fetched),
+        skipped=tuple(blob.digest for blob in blobs if blob.digest in present),
+        bytes_fetched=sum(blob.size for blob in pull.fetched),
         tag_origin=tag_origin,
-        rewritten=rewritten,
-        retries=tuple(retries),
+        rewritten=stored.rewritten,
+        retries=tuple(pull.retries),
     )
 
 
 def _present(layout: Layout, blobs: tuple[Descriptor, ...]) -> set[Digest]:
-    """The blobs already stored whole in ``layout``."""
+    """Return the blobs already stored whole in ``layout``."""
     return {blob.digest for blob in blobs if layout.has_blob(blob.digest, blob.size)}
 
 
-def _heads(layout: Layout, layers: list[Descriptor]) -> list[bytes]:
-    """The first bytes of each stored layer, which tell its compression."""
-    return [layout.read_head(layer.digest, PREFIX_SIZE) for layer in layers]
+class _Stored(NamedTuple):
+    """The manifest a pull stored: decoded, its digest and size, whether it was corrected."""
+
+    manifest: ImageManifest
+    digest: Digest
+    size: int
+    rewritten: bool
+    platform: dict[str, str]
+
+
+def _store_manifest(
+    layout: Layout,
+    raw: bytes,
+    manifest: ImageManifest,
+    plan: list[Descriptor],
+    source_digest: Digest,
+) -> _Stored:
+    """Store the manifest, corrected where its layers' bytes say otherwise (blocking)."""
+    config = layout.blob_path(manifest.config.digest).read_bytes()
+    heads = [layout.read_head(layer.digest, PREFIX_SIZE) for layer in plan]
+    layers = [
+        true_layer(listed, descriptor, head)
+        for listed, descriptor, head in zip(manifest.layers, plan, heads, strict=True)
+    ]
+    _check_diff_ids(config, layers)
+    rewritten = layers != list(manifest.layers)
+    if rewritten:
+        raw = _corrected_manifest(raw, layers, source_digest)
+        manifest = decode_manifest(raw)
+    digest = Digest.from_bytes(raw)
+    layout.put_blob(digest, raw)
+    return _Stored(manifest, digest, len(raw), rewritten, _platform(config))
+
+
+def _index_entry(stored: _Stored) -> dict[str, Any]:
+    """Return the entry of index.json that names the stored manifest."""
+    entry: dict[str, Any] = {
+        "mediaType": stored.manifest.media_type or MEDIA_TYPE_IMAGE_MANIFEST,
+        "digest": str(stored.digest),
+        "size": stored.size,
+    }
+    if stored.platform:
+        entry["platform"] = stored.platform
+    return entry
 
 
 def _check_diff_ids(config: bytes, layers: list[Descriptor]) -> None:
@@ -290,7 +323,7 @@ def _check_diff_ids(config: bytes, layers: list[Descriptor]) -> None:
 
 
 def _corrected_manifest(raw: bytes, layers: list[Descriptor], source_digest: Digest) -> bytes:
-    """The manifest ``raw`` with true layer descriptors and the source's digest noted."""
+    """Return the manifest ``raw`` with true layer descriptors and the source's digest noted."""
     document = json.loads(raw)
     for entry, layer in zip(document["layers"], layers, strict=True):
         if entry.get("digest") != layer.digest:

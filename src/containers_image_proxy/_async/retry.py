@@ -1,7 +1,7 @@
 """Trying a blob transfer again after a failure that may pass.
 
-Written once for asyncio; ``_sync/retry.py`` is generated from this file by
-tools/gen_sync.py. The decisions (which failures, how many times, how long to wait)
+Written once for asyncio in ``_async/`` (``_sync/`` holds the generated blocking
+twin). The decisions (which failures, how many times, how long to wait)
 are :class:`~containers_image_proxy._retry.RetryPolicy`'s; this module runs them:
 
 - :class:`AsyncImageSource` is a proxy with an image opened on it. When the proxy
@@ -25,13 +25,16 @@ from typing import Any, Self, TypeVar
 from .. import _protocol as proto
 from .._backends import AsyncBackend as Backend
 from .._backends import AsyncResult
+from .._fd import CHUNK_SIZE
 from .._image import OpenedImage
 from .._retry import RetryPolicy
 from ..config import ImageProxyConfig
 from ..errors import ClosedError, ImageProxyError, VerificationError
 from ..events import BlobRetrying
 from ..oci import Descriptor
-from .proxy import AsyncBlob, AsyncBlobStream, AsyncImageProxy
+from .blob import AsyncBlob
+from .proxy import AsyncImageProxy, stop_now, usable
+from .stream import AsyncBlobStream
 
 __all__ = [
     "AsyncImageSource",
@@ -44,14 +47,13 @@ __all__ = [
 _log = logging.getLogger("containers_image_proxy")
 
 _T = TypeVar("_T")
-_SKIP_CHUNK = 1 << 20
 
 #: Called with each :class:`BlobRetrying` before the wait that precedes the retry.
 RetryCallback = Callable[[BlobRetrying], object]
 
 
 def retry_policy(config: ImageProxyConfig) -> RetryPolicy:
-    """The retry policy ``config`` asks for."""
+    """Return the retry policy ``config`` asks for."""
     return RetryPolicy(config.retry_times, config.retry_delay)
 
 
@@ -96,7 +98,12 @@ class AsyncImageSource:
         return self.proxy.config
 
     async def open(self) -> Self:
-        """Start the proxy (unless one was given) and open the image."""
+        """Start the proxy (unless one was given) and open the image.
+
+        Raises:
+            ImageProxyError: as :meth:`AsyncImageProxy.open` and
+                :meth:`AsyncImageProxy.open_image`.
+        """
         if self._proxy is None:
             self._proxy = await AsyncImageProxy(self._config).open()
         try:
@@ -109,9 +116,14 @@ class AsyncImageSource:
         return self
 
     async def renew(self) -> None:
-        """Replace a proxy of ours that can no longer serve requests; reopen the image."""
+        """Replace a proxy of ours that can no longer serve requests; reopen the image.
+
+        Raises:
+            ClosedError: the source was stopped.
+            ImageProxyError: the new proxy could not start or open the image.
+        """
         old = self.proxy
-        if old._usable() or not self.owned:
+        if usable(old) or not self.owned:
             return
         if self._stopped:
             raise ClosedError("the transfer was stopped")
@@ -128,7 +140,7 @@ class AsyncImageSource:
         """Stop a proxy of ours now (an interrupt); later renewals are refused."""
         self._stopped = True
         if self.owned and self._proxy is not None:
-            self._proxy._kill()
+            stop_now(self._proxy)
 
     async def aclose(self) -> None:
         """Close the image and, when it is ours, the proxy."""
@@ -146,7 +158,7 @@ class AsyncImageSource:
         proxy, image = self._proxy, self._image
         self._image = None
         try:
-            if image is not None and proxy is not None and proxy._usable():
+            if image is not None and proxy is not None and usable(proxy):
                 try:
                     await proxy.close_image(image)
                 except ImageProxyError:
@@ -170,6 +182,9 @@ async def retry_transfer(
 
     Before each retry, :class:`BlobRetrying` goes to ``on_retry`` and ``retries``,
     the policy's delay passes, and ``source`` renews a proxy that broke.
+
+    Raises:
+        ImageProxyError: the last attempt's error, once the policy gives up.
     """
     done = 0
     while True:
@@ -240,7 +255,11 @@ class AsyncResumingBlob(AsyncBlob):
         self.retries: list[BlobRetrying] = []
 
     async def open(self) -> Self:
-        """Ask for the blob (trying again as the policy allows); returns the blob."""
+        """Ask for the blob (trying again as the policy allows); return the blob itself.
+
+        Raises:
+            ImageProxyError: the last attempt's error, once the policy gives up.
+        """
         await self._attempt(self._ensure_inner)
         return self
 
@@ -259,7 +278,7 @@ class AsyncResumingBlob(AsyncBlob):
             await Backend.sleep(event.delay)
 
     async def _ensure_inner(self) -> AsyncBlob:
-        """The transfer of the current attempt, started (and resumed) when there is none."""
+        """Return the transfer of the current attempt, started (and resumed) when there is none."""
         if self._inner is not None:
             return self._inner
         source = self._source
@@ -278,11 +297,11 @@ class AsyncResumingBlob(AsyncBlob):
         if count == 0:
             return
         hasher = hashlib.sha256() if self._prefix is not None else None
-        buffer = bytearray(min(count, _SKIP_CHUNK))
+        buffer = bytearray(min(count, CHUNK_SIZE))
         left = count
         with memoryview(buffer) as view:
             while left:
-                got = await inner._readinto(view[: min(left, len(view))])
+                got = await inner.readinto(view[: min(left, len(view))])
                 if got == 0:
                     raise VerificationError(
                         f"blob {self.digest}: the new transfer ended after"
@@ -308,7 +327,7 @@ class AsyncResumingBlob(AsyncBlob):
 
     async def _read_more(self, view: memoryview) -> int:
         inner = await self._ensure_inner()
-        count = await inner._readinto(view)
+        count = await inner.readinto(view)
         if count:
             self._transfer.update(view[:count])
             if self._prefix is not None:

@@ -2,8 +2,8 @@
 # Edit the source, not this file.
 """Trying a blob transfer again after a failure that may pass.
 
-Written once for asyncio; ``_sync/retry.py`` is generated from this file by
-tools/gen_sync.py. The decisions (which failures, how many times, how long to wait)
+Written once for asyncio in ``_async/`` (``_sync/`` holds the generated blocking
+twin). The decisions (which failures, how many times, how long to wait)
 are :class:`~containers_image_proxy._retry.RetryPolicy`'s; this module runs them:
 
 - :class:`ImageSource` is a proxy with an image opened on it. When the proxy
@@ -27,13 +27,16 @@ from typing import Any, Self, TypeVar
 from .. import _protocol as proto
 from .._backends import SyncBackend as Backend
 from .._backends import SyncResult
+from .._fd import CHUNK_SIZE
 from .._image import OpenedImage
 from .._retry import RetryPolicy
 from ..config import ImageProxyConfig
 from ..errors import ClosedError, ImageProxyError, VerificationError
 from ..events import BlobRetrying
 from ..oci import Descriptor
-from .proxy import Blob, BlobStream, ImageProxy
+from .blob import Blob
+from .proxy import ImageProxy, stop_now, usable
+from .stream import BlobStream
 
 __all__ = [
     "ImageSource",
@@ -46,14 +49,13 @@ __all__ = [
 _log = logging.getLogger("containers_image_proxy")
 
 _T = TypeVar("_T")
-_SKIP_CHUNK = 1 << 20
 
 #: Called with each :class:`BlobRetrying` before the wait that precedes the retry.
 RetryCallback = Callable[[BlobRetrying], object]
 
 
 def retry_policy(config: ImageProxyConfig) -> RetryPolicy:
-    """The retry policy ``config`` asks for."""
+    """Return the retry policy ``config`` asks for."""
     return RetryPolicy(config.retry_times, config.retry_delay)
 
 
@@ -98,7 +100,12 @@ class ImageSource:
         return self.proxy.config
 
     def open(self) -> Self:
-        """Start the proxy (unless one was given) and open the image."""
+        """Start the proxy (unless one was given) and open the image.
+
+        Raises:
+            ImageProxyError: as :meth:`ImageProxy.open` and
+                :meth:`ImageProxy.open_image`.
+        """
         if self._proxy is None:
             self._proxy = ImageProxy(self._config).open()
         try:
@@ -111,9 +118,14 @@ class ImageSource:
         return self
 
     def renew(self) -> None:
-        """Replace a proxy of ours that can no longer serve requests; reopen the image."""
+        """Replace a proxy of ours that can no longer serve requests; reopen the image.
+
+        Raises:
+            ClosedError: the source was stopped.
+            ImageProxyError: the new proxy could not start or open the image.
+        """
         old = self.proxy
-        if old._usable() or not self.owned:
+        if usable(old) or not self.owned:
             return
         if self._stopped:
             raise ClosedError("the transfer was stopped")
@@ -130,7 +142,7 @@ class ImageSource:
         """Stop a proxy of ours now (an interrupt); later renewals are refused."""
         self._stopped = True
         if self.owned and self._proxy is not None:
-            self._proxy._kill()
+            stop_now(self._proxy)
 
     def close(self) -> None:
         """Close the image and, when it is ours, the proxy."""
@@ -148,7 +160,7 @@ class ImageSource:
         proxy, image = self._proxy, self._image
         self._image = None
         try:
-            if image is not None and proxy is not None and proxy._usable():
+            if image is not None and proxy is not None and usable(proxy):
                 try:
                     proxy.close_image(image)
                 except ImageProxyError:
@@ -172,6 +184,9 @@ def retry_transfer(
 
     Before each retry, :class:`BlobRetrying` goes to ``on_retry`` and ``retries``,
     the policy's delay passes, and ``source`` renews a proxy that broke.
+
+    Raises:
+        ImageProxyError: the last attempt's error, once the policy gives up.
     """
     done = 0
     while True:
@@ -242,7 +257,11 @@ class ResumingBlob(Blob):
         self.retries: list[BlobRetrying] = []
 
     def open(self) -> Self:
-        """Ask for the blob (trying again as the policy allows); returns the blob."""
+        """Ask for the blob (trying again as the policy allows); return the blob itself.
+
+        Raises:
+            ImageProxyError: the last attempt's error, once the policy gives up.
+        """
         self._attempt(self._ensure_inner)
         return self
 
@@ -261,7 +280,7 @@ class ResumingBlob(Blob):
             Backend.sleep(event.delay)
 
     def _ensure_inner(self) -> Blob:
-        """The transfer of the current attempt, started (and resumed) when there is none."""
+        """Return the transfer of the current attempt, started (and resumed) when there is none."""
         if self._inner is not None:
             return self._inner
         source = self._source
@@ -280,11 +299,11 @@ class ResumingBlob(Blob):
         if count == 0:
             return
         hasher = hashlib.sha256() if self._prefix is not None else None
-        buffer = bytearray(min(count, _SKIP_CHUNK))
+        buffer = bytearray(min(count, CHUNK_SIZE))
         left = count
         with memoryview(buffer) as view:
             while left:
-                got = inner._readinto(view[: min(left, len(view))])
+                got = inner.readinto(view[: min(left, len(view))])
                 if got == 0:
                     raise VerificationError(
                         f"blob {self.digest}: the new transfer ended after"
@@ -310,7 +329,7 @@ class ResumingBlob(Blob):
 
     def _read_more(self, view: memoryview) -> int:
         inner = self._ensure_inner()
-        count = inner._readinto(view)
+        count = inner.readinto(view)
         if count:
             self._transfer.update(view[:count])
             if self._prefix is not None:

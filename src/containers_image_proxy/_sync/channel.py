@@ -1,0 +1,237 @@
+# Generated from src/containers_image_proxy/_async/channel.py by tools/gen_sync.py.
+# Edit the source, not this file.
+"""The connection to the proxy: its socket, the lock that orders requests, pipe reads.
+
+One request and its reply travel at a time, in order (docs/protocol.md). A
+:class:`SyncChannel` sends requests, receives replies with the descriptors they
+carry, reads a piped reply to its end, and remembers the failure that broke it so
+that every later use raises that failure at once. Protocol decisions are
+``_protocol``'s; this module only sends, receives, reads pipes and waits.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+
+from .. import _protocol as proto
+from .._backends import SyncBackend as Backend
+from .._fd import CHUNK_SIZE, close_all, prepare_pipe
+from .._process import ChildProcess
+from ..errors import (
+    BusyError,
+    ImageProxyError,
+    ProtocolError,
+    ProxyExitedError,
+    RequestError,
+    StallTimeoutError,
+)
+
+__all__ = ["SyncChannel", "SyncChannelLock", "drain", "read_to_end"]
+
+#: Seconds to wait for a proxy that broke the connection to exit (for its status).
+_EXIT_WAIT = 5.0
+
+
+def _read_chunk(fd: int, timeout: float | None, what: str) -> bytes:
+    while True:
+        try:
+            return os.read(fd, CHUNK_SIZE)
+        except BlockingIOError:
+            pass
+        if not Backend.wait_readable(fd, timeout):
+            raise StallTimeoutError(f"{what}: no data arrived for {timeout} seconds")
+
+
+def read_to_end(fd: int, timeout: float | None, what: str, also: int | None = None) -> bytes:
+    """Read the pipe ``fd`` to its end; ``what`` names it in a stall's error.
+
+    Until the first wait is over it also wakes for ``also`` (the socket, whose reply
+    comes right after the pipe's end: one wake-up then usually serves both).
+    """
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(fd, CHUNK_SIZE)
+        except BlockingIOError:
+            if not Backend.wait_readable(fd, timeout, also=also):
+                raise StallTimeoutError(f"{what}: no data arrived for {timeout} seconds") from None
+            also = None  # after one shared wake-up, the pipe alone (never a busy loop)
+            continue
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def drain(fd: int, timeout: float | None, what: str) -> int:
+    """Read ``fd`` to its end, discarding the data; how many bytes there were."""
+    extra = 0
+    while chunk := _read_chunk(fd, timeout, what):
+        extra += len(chunk)
+    return extra
+
+
+class SyncChannelLock:
+    """The channel's lock, knowing which thread or task holds it.
+
+    A blob whose FinishPipe is out holds it until its data ends (docs/protocol.md rule
+    2). Should the same thread or task then wait for the lock (another request,
+    another blob's end), it would wait forever: it raises :class:`BusyError`.
+    """
+
+    def __init__(self) -> None:
+        self._lock = Backend.Lock()
+        self._owner: object = None
+        self._holder = ""
+
+    def locked(self) -> bool:
+        """Return whether someone holds the lock."""
+        return self._lock.locked()
+
+    def _check(self, owner: object) -> None:
+        if owner is not None and owner == self._owner and self._holder:
+            raise BusyError(
+                f"the proxy waits for the rest of {self._holder} (its FinishPipe is out):"
+                " read that blob to its end or close it before anything else in this"
+                " thread or task"
+            )
+
+    def acquire(self, holder: str = "") -> None:
+        """Take the lock for ``holder`` (a blob, named in :class:`BusyError`), waiting."""
+        owner = Backend.current_owner()
+        self._check(owner)
+        self._lock.acquire()
+        self._owner, self._holder = owner, holder
+
+    def try_acquire(self, holder: str = "") -> bool:
+        """Take the lock if it is free, without waiting; whether it was taken."""
+        owner = Backend.current_owner()
+        if not Backend.try_acquire(self._lock):
+            return False
+        self._owner, self._holder = owner, holder
+        return True
+
+    def release(self) -> None:
+        """Give the lock up."""
+        self._owner, self._holder = None, ""
+        self._lock.release()
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+class SyncChannel:
+    """The socket to the proxy: one request and its reply at a time, in order."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        child: ChildProcess,
+        stall: float | None,
+        probe: float | None = None,
+    ) -> None:
+        self.sock = sock
+        self.child = child
+        self.stall = stall
+        #: Seconds of silence on a blob pipe before FinishPipe is sent as a probe.
+        self.probe = probe
+        self.lock = SyncChannelLock()
+        self.failure: ImageProxyError | None = None
+        #: Requests sent whose replies have not been received yet. Above zero when
+        #: a caller gave up waiting (a cancelled task, an interrupt): the replies
+        #: still come, in order, and are discarded before the next request.
+        self.unanswered = 0
+
+    def check(self) -> None:
+        """Raise the failure that broke the channel, if one did."""
+        if self.failure is not None:
+            raise self.failure
+
+    def break_with(self, failure: ImageProxyError) -> ImageProxyError:
+        """Mark the channel broken by ``failure`` (the first one stays); return it."""
+        if self.failure is None:
+            self.failure = failure
+        return failure
+
+    def died(self, method: str) -> ImageProxyError:
+        """Return the proxy's exit, as an error: the channel broke during ``method``."""
+        returncode = Backend.run_blocking(self.child.wait, _EXIT_WAIT)
+        tail = Backend.run_blocking(self.child.stderr_tail, 1.0)
+        return self.break_with(ProxyExitedError(method, returncode, tail))
+
+    def send(self, method: str, args: Sequence[object] = (), label: str = "") -> None:
+        """Send a request; ``label`` names the operation in errors (default: ``method``)."""
+        self.check()
+        data = proto.encode_request(method, args)
+        while self.unanswered:
+            self.discard_reply(label or method)
+        try:
+            Backend.send(self.sock, data)
+        except OSError:
+            raise self.died(label or method) from None
+        self.unanswered += 1
+
+    def discard_reply(self, label: str) -> None:
+        """Receive and drop the reply to a request whose caller gave up on it."""
+        try:
+            reply = self.receive("(abandoned request)", self.stall, label=label)
+        except (RequestError, ProtocolError):
+            return
+        close_all(reply.fds)
+
+    def receive(self, method: str, timeout: float | None = None, label: str = "") -> proto.Reply:
+        """Receive the reply to ``method``; ``label`` names the operation in errors."""
+        self.check()
+        try:
+            packet = Backend.recv(self.sock, timeout)
+        except OSError:
+            raise self.died(label or method) from None
+        if packet is None:
+            raise self.break_with(
+                StallTimeoutError(f"no reply to {label or method} within {timeout} seconds")
+            )
+        data, fds, truncated = packet
+        if not data and not fds:
+            raise self.died(label or method)
+        self.unanswered -= 1
+        return proto.decode_reply(method, data, fds, truncated)
+
+    def send_finish(self, pipeid: int, method: str) -> None:
+        """Send FinishPipe for a pipe of ``method``."""
+        self.send("FinishPipe", [pipeid], label=method)
+
+    def call(self, method: str, args: Sequence[object] = ()) -> proto.Reply:
+        """Send a request and receive its reply, holding the lock."""
+        with self.lock:
+            self.send(method, args)
+            return self.receive(method)
+
+    def finish_reply(self, method: str) -> RequestError | None:
+        """Receive FinishPipe's reply; the transfer's error (named after ``method``) or None."""
+        try:
+            self.receive("FinishPipe", self.stall, label=method)
+        except RequestError as exc:
+            return proto.request_error(method, exc.message, exc.code)
+        return None
+
+    def read_piped(self, method: str, reply: proto.Reply) -> bytes:
+        """Send FinishPipe, read the pipe to its end, then take the reply (docs/protocol.md rule 3).
+
+        The caller holds the lock.
+        """
+        (pipe,) = reply.fds
+        with pipe:
+            prepare_pipe(pipe)
+            self.send_finish(reply.pipeid, method)
+            try:
+                data = read_to_end(pipe.fileno(), self.stall, method, self.sock.fileno())
+                error = self.finish_reply(method)
+            except StallTimeoutError as exc:
+                raise self.break_with(exc) from None
+        if error is not None:
+            raise error
+        return data
