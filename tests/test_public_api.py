@@ -103,7 +103,9 @@ def _exception_classes() -> dict[str, type[BaseException]]:
                 inspect.isclass(value)
                 and issubclass(value, BaseException)
                 and value.__module__.startswith("containers_image_proxy")
-                and value.__name__ != "_Stopped"  # the unpack's private stop signal
+                # The unpack's private control flow, never raised to a caller: the stop
+                # signal, and the reader thread's "the writer went away".
+                and value.__name__ not in ("_Stopped", "_Closed")
             ):
                 found[f"{value.__module__}.{value.__qualname__}"] = value
     return found
