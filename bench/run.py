@@ -36,23 +36,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
+from _chart import draw
+from _table import markdown_table
+from containers_storage import markdown_section as storage_section
+from realimage import RealImage, real_image, smoke_image
 
-from _chart import draw  # noqa: E402
-from _table import markdown_table  # noqa: E402
-from containers_storage import markdown_section as storage_section  # noqa: E402
-from realimage import RealImage, real_image, smoke_image  # noqa: E402
-from registry import Registry  # noqa: E402
-from relay import Relay  # noqa: E402
-
-from containers_image_proxy import (  # noqa: E402
+from containers_image_proxy import (
     AsyncImageProxy,
     ImageProxy,
     ImageProxyConfig,
     pull,
 )
+from tests.support.registry import Registry
+from tests.support.relay import Relay
 
+HERE = Path(__file__).resolve().parent
 MiB = 1 << 20
 
 

@@ -56,15 +56,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _chart import draw
+from _table import markdown_table
+from realimage import COMPRESSIONS, RealImage, real_image, smoke_image
+
+from tests.support import treediff
+from tests.support.hostile_layers import TarLayer, build, file, tar_bytes
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
-
-import treediff  # noqa: E402
-from _chart import draw  # noqa: E402
-from _table import markdown_table  # noqa: E402
-from hostile_layers import TarLayer, build, file, tar_bytes  # noqa: E402
-from realimage import COMPRESSIONS, RealImage, real_image, smoke_image  # noqa: E402
-
 MiB = 1 << 20
 
 OURS = """

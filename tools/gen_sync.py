@@ -1,7 +1,10 @@
-"""Generate the blocking client (_sync/) from the asyncio source (_async/).
+"""Generate the blocking twins (``_sync/``) from their asyncio sources (``_async/``).
 
-Run ``python tools/gen_sync.py`` after editing ``src/containers_image_proxy/_async``;
-``python tools/gen_sync.py --check`` fails when the generated files are stale.
+Two pairs of directories: ``src/containers_image_proxy/_async`` -> ``_sync`` (the
+client) and ``tests/_async`` -> ``tests/_sync`` (the tests that run against both
+clients); each ``_async/NAME.py`` becomes ``_sync/NAME.py``. Run
+``python tools/gen_sync.py`` after editing a source; ``python tools/gen_sync.py --check``
+fails when a generated file is stale.
 """
 
 from __future__ import annotations
@@ -16,7 +19,14 @@ from pathlib import Path
 import unasync
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = ROOT / "src" / "containers_image_proxy"
+#: Each asyncio source directory and the directory its blocking twins are written to.
+PAIRS = [
+    (
+        ROOT / "src" / "containers_image_proxy" / "_async",
+        ROOT / "src" / "containers_image_proxy" / "_sync",
+    ),
+    (ROOT / "tests" / "_async", ROOT / "tests" / "_sync"),
+]
 HEADER = "# Generated from {name} by tools/gen_sync.py.\n# Edit the source, not this file.\n"
 
 REPLACEMENTS = {
@@ -60,7 +70,6 @@ def generate(source: Path, target: Path) -> str:
         rule = unasync.Rule("/_async/", "/_sync/", additional_replacements=REPLACEMENTS)
         unasync.unasync_files([str(src_dir / source.name)], rules=[rule])
         text = (Path(tmp) / "_sync" / source.name).read_text()
-    text = text.replace(source.name, target.name)
     for old, new in TEXT:
         text = text.replace(old, new)
     text = HEADER.format(name=source.relative_to(ROOT)) + text
@@ -82,10 +91,8 @@ def main() -> int:
     args = parser.parse_args()
     stale = False
     pairs = [
-        (source, PACKAGE / "_sync" / source.name) for source in (PACKAGE / "_async").glob("*.py")
+        (source, target / source.name) for origin, target in PAIRS for source in origin.glob("*.py")
     ]
-    for source in (ROOT / "tests").glob("test_async_*.py"):
-        pairs.append((source, source.with_name(source.name.replace("_async_", "_sync_"))))
     for source, target in sorted(pairs):
         wanted = generate(source, target)
         current = target.read_text() if target.exists() else ""

@@ -21,11 +21,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import fake_skopeo
-from images import BuiltImage
-from registry import Registry, RegistryImage
-from relay import Relay
-from skopeos import SKOPEOS, UPSTREAM_ENV, skopeo_command
 
 from containers_image_proxy import (
     AsyncImageProxy,
@@ -36,6 +31,11 @@ from containers_image_proxy import (
     StallTimeoutError,
 )
 from containers_image_proxy.oci import Descriptor
+from tests.support.fakeproxy import fake_skopeo
+from tests.support.images import BuiltImage
+from tests.support.registry import Registry, RegistryImage
+from tests.support.relay import Relay
+from tests.support.skopeos import SKOPEOS, UPSTREAM_ENV, skopeo_command
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

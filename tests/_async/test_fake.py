@@ -12,8 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import fake_skopeo
-from images import BuiltImage
 
 from containers_image_proxy import (
     AsyncImageProxy,
@@ -27,6 +25,8 @@ from containers_image_proxy import (
     StallTimeoutError,
     VerificationError,
 )
+from tests.support.fakeproxy import fake_skopeo
+from tests.support.images import BuiltImage
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

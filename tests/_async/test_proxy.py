@@ -17,8 +17,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from conftest import child_pids, fake_skopeo
-from images import BuiltImage, Layer, MultiPlatformImage, build_oci_layout
 
 from containers_image_proxy import (
     AsyncImageProxy,
@@ -37,6 +35,9 @@ from containers_image_proxy import (
     VerificationError,
 )
 from containers_image_proxy.oci import MEDIA_TYPE_IMAGE_MANIFEST
+from tests.support.fakeproxy import fake_skopeo
+from tests.support.images import BuiltImage, Layer, MultiPlatformImage, build_oci_layout
+from tests.support.resources import child_pids
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

@@ -15,9 +15,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import child_pids, fake_skopeo
-from images import OCI_LAYER_GZIP, OCI_LAYER_TAR, REF_NAME_ANNOTATION, BuiltImage, run_skopeo
-from registry import RegistryImage
 
 from containers_image_proxy import (
     AsyncBlob,
@@ -34,6 +31,16 @@ from containers_image_proxy import (
     stream_layers_async,
 )
 from containers_image_proxy.oci import Descriptor
+from tests.support.fakeproxy import fake_skopeo
+from tests.support.images import (
+    OCI_LAYER_GZIP,
+    OCI_LAYER_TAR,
+    REF_NAME_ANNOTATION,
+    BuiltImage,
+    run_skopeo,
+)
+from tests.support.registry import RegistryImage
+from tests.support.resources import child_pids
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

@@ -18,10 +18,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from images import BuiltImage, random_bytes, run_skopeo
-from registry import Registry, RegistryImage
-from relay import Relay
-from skopeos import SKOPEOS, skopeo_command
 
 from containers_image_proxy import (
     AsyncBlob,
@@ -35,6 +31,10 @@ from containers_image_proxy import (
     unpack_async,
 )
 from containers_image_proxy.oci import Descriptor
+from tests.support.images import BuiltImage, random_bytes, run_skopeo
+from tests.support.registry import Registry, RegistryImage
+from tests.support.relay import Relay
+from tests.support.skopeos import SKOPEOS, skopeo_command
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

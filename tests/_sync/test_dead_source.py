@@ -1,4 +1,4 @@
-# Generated from tests/test_async_dead_source.py by tools/gen_sync.py.
+# Generated from tests/_async/test_dead_source.py by tools/gen_sync.py.
 # Edit the source, not this file.
 """A source that dies, pauses or goes silent in the middle of a blob.
 
@@ -23,11 +23,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import fake_skopeo
-from images import BuiltImage
-from registry import Registry, RegistryImage
-from relay import Relay
-from skopeos import SKOPEOS, UPSTREAM_ENV, skopeo_command
 
 from containers_image_proxy import (
     BusyError,
@@ -38,6 +33,11 @@ from containers_image_proxy import (
     StallTimeoutError,
 )
 from containers_image_proxy.oci import Descriptor
+from tests.support.fakeproxy import fake_skopeo
+from tests.support.images import BuiltImage
+from tests.support.registry import Registry, RegistryImage
+from tests.support.relay import Relay
+from tests.support.skopeos import SKOPEOS, UPSTREAM_ENV, skopeo_command
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

@@ -1,4 +1,4 @@
-# Generated from tests/test_async_fake.py by tools/gen_sync.py.
+# Generated from tests/_async/test_fake.py by tools/gen_sync.py.
 # Edit the source, not this file.
 """Protocol 0.2.4 to 0.2.8 behaviour through the fake proxy (tests/fakeproxy.py).
 
@@ -14,8 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import fake_skopeo
-from images import BuiltImage
 
 from containers_image_proxy import (
     BlobVerificationError,
@@ -29,6 +27,8 @@ from containers_image_proxy import (
     StallTimeoutError,
     VerificationError,
 )
+from tests.support.fakeproxy import fake_skopeo
+from tests.support.images import BuiltImage
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

@@ -1,4 +1,4 @@
-# Generated from tests/test_async_proxy.py by tools/gen_sync.py.
+# Generated from tests/_async/test_proxy.py by tools/gen_sync.py.
 # Edit the source, not this file.
 """The client against the real skopeo, on images the suite builds.
 
@@ -19,8 +19,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import child_pids, fake_skopeo
-from images import BuiltImage, Layer, MultiPlatformImage, build_oci_layout
 
 from containers_image_proxy import (
     BlobVerificationError,
@@ -39,6 +37,9 @@ from containers_image_proxy import (
     VerificationError,
 )
 from containers_image_proxy.oci import MEDIA_TYPE_IMAGE_MANIFEST
+from tests.support.fakeproxy import fake_skopeo
+from tests.support.images import BuiltImage, Layer, MultiPlatformImage, build_oci_layout
+from tests.support.resources import child_pids
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

@@ -1,4 +1,4 @@
-# Generated from tests/test_async_pull.py by tools/gen_sync.py.
+# Generated from tests/_async/test_pull.py by tools/gen_sync.py.
 # Edit the source, not this file.
 """Pulling images into OCI layouts, checked with the real skopeo.
 
@@ -17,9 +17,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import child_pids, fake_skopeo
-from images import OCI_LAYER_GZIP, OCI_LAYER_TAR, REF_NAME_ANNOTATION, BuiltImage, run_skopeo
-from registry import RegistryImage
 
 from containers_image_proxy import (
     Blob,
@@ -36,6 +33,16 @@ from containers_image_proxy import (
     stream_layers,
 )
 from containers_image_proxy.oci import Descriptor
+from tests.support.fakeproxy import fake_skopeo
+from tests.support.images import (
+    OCI_LAYER_GZIP,
+    OCI_LAYER_TAR,
+    REF_NAME_ANNOTATION,
+    BuiltImage,
+    run_skopeo,
+)
+from tests.support.registry import RegistryImage
+from tests.support.resources import child_pids
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

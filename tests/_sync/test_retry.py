@@ -1,4 +1,4 @@
-# Generated from tests/test_async_retry.py by tools/gen_sync.py.
+# Generated from tests/_async/test_retry.py by tools/gen_sync.py.
 # Edit the source, not this file.
 """Retries of blob transfers that failed for a reason that may pass.
 
@@ -20,10 +20,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from images import BuiltImage, random_bytes, run_skopeo
-from registry import Registry, RegistryImage
-from relay import Relay
-from skopeos import SKOPEOS, skopeo_command
 
 from containers_image_proxy import (
     Blob,
@@ -37,6 +33,10 @@ from containers_image_proxy import (
     unpack,
 )
 from containers_image_proxy.oci import Descriptor
+from tests.support.images import BuiltImage, random_bytes, run_skopeo
+from tests.support.registry import Registry, RegistryImage
+from tests.support.relay import Relay
+from tests.support.skopeos import SKOPEOS, skopeo_command
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

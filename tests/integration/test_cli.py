@@ -15,10 +15,7 @@ import termios
 from importlib.metadata import entry_points
 from pathlib import Path
 
-import hostile_layers
 import pytest
-from images import BuiltImage, MultiPlatformImage, run_skopeo
-from registry import Registry, RegistryImage
 
 from containers_image_proxy import ImageProxy, cli
 from containers_image_proxy.cli import (
@@ -32,6 +29,9 @@ from containers_image_proxy.cli import (
     EXIT_VERIFICATION,
     PASSWORD_ENV,
 )
+from tests.support import hostile_layers
+from tests.support.images import BuiltImage, MultiPlatformImage, run_skopeo
+from tests.support.registry import Registry, RegistryImage
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

@@ -21,9 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from images import BuiltImage
-from registry import Registry, RegistryImage
-from relay import Relay
 
 from containers_image_proxy.cli import (
     EXIT_AUTH,
@@ -43,6 +40,9 @@ from containers_image_proxy.errors import (
     ProxyExitedError,
     ProxyTooOldError,
 )
+from tests.support.images import BuiltImage
+from tests.support.registry import Registry, RegistryImage
+from tests.support.relay import Relay
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

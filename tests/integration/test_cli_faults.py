@@ -24,12 +24,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from images import BuiltImage, random_bytes, run_skopeo
-from registry import Registry, RegistryImage
-from relay import Relay
 
 from containers_image_proxy import ImageProxy, _process, cli
 from containers_image_proxy.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED
+from tests.support.images import BuiltImage, random_bytes, run_skopeo
+from tests.support.registry import Registry, RegistryImage
+from tests.support.relay import Relay
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

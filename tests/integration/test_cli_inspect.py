@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from images import (
+
+from containers_image_proxy.cli import EXIT_OK, EXIT_USAGE
+from tests.support.images import (
     DIR_TRANSPORT_VERSION,
     DOCKER_MANIFEST,
     OCI_CONFIG,
@@ -30,9 +32,7 @@ from images import (
     run_skopeo,
     sha256_digest,
 )
-from registry import Registry
-
-from containers_image_proxy.cli import EXIT_OK, EXIT_USAGE
+from tests.support.registry import Registry
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

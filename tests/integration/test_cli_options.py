@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from images import BuiltImage, run_skopeo
-from registry import Registry, RegistryImage
 
 from containers_image_proxy import cli
 from containers_image_proxy.cli import EXIT_OK, EXIT_USAGE
+from tests.support.images import BuiltImage, run_skopeo
+from tests.support.registry import Registry, RegistryImage
 
 CLI = [sys.executable, "-m", "containers_image_proxy"]
 #: Every option all commands share, as help spells it.

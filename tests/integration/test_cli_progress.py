@@ -21,11 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from images import BuiltImage
-from registry import Registry, RegistryImage
-from relay import Relay
 
 from containers_image_proxy import Descriptor, LayerResult, unpack
+from tests.support.images import BuiltImage
+from tests.support.registry import Registry, RegistryImage
+from tests.support.relay import Relay
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

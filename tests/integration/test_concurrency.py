@@ -9,8 +9,6 @@ import os
 import time
 
 import pytest
-from conftest import fake_skopeo
-from images import BuiltImage
 
 from containers_image_proxy import (
     AsyncImageProxy,
@@ -19,6 +17,8 @@ from containers_image_proxy import (
     ImageProxyConfig,
     StallTimeoutError,
 )
+from tests.support.fakeproxy import fake_skopeo
+from tests.support.images import BuiltImage
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

@@ -12,9 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from images import BuiltImage
-from registry import Registry, RegistryImage
-from signing import upstream_skopeo
 
 from containers_image_proxy import (
     AccessDeniedError,
@@ -32,6 +29,9 @@ from containers_image_proxy import (
 )
 from containers_image_proxy import _protocol as proto
 from containers_image_proxy.config import OPTION_FIELDS, build_command
+from tests.support.images import BuiltImage
+from tests.support.registry import Registry, RegistryImage
+from tests.support.signing import upstream_skopeo
 
 DIGEST = "sha256:" + "0" * 64
 

@@ -23,9 +23,6 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from images import BuiltImage
-from registry import Registry, RegistryImage
-from relay import Relay
 
 from containers_image_proxy import (
     AsyncImageProxy,
@@ -40,6 +37,9 @@ from containers_image_proxy import (
     VerificationError,
 )
 from containers_image_proxy.oci import Descriptor
+from tests.support.images import BuiltImage
+from tests.support.registry import Registry, RegistryImage
+from tests.support.relay import Relay
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

@@ -24,10 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile_layers import TarLayer, build, rich_layers
-from images import BuiltImage, build_dir, build_docker_archive, build_oci_archive, run_skopeo
-from registry import Registry
-from treediff import diff, snapshot
 
 from containers_image_proxy import (
     ImageProxyConfig,
@@ -39,6 +35,16 @@ from containers_image_proxy import (
 )
 from containers_image_proxy._layout import SOURCE_DIGEST
 from containers_image_proxy.oci import Descriptor
+from tests.support.hostile_layers import TarLayer, build, rich_layers
+from tests.support.images import (
+    BuiltImage,
+    build_dir,
+    build_docker_archive,
+    build_oci_archive,
+    run_skopeo,
+)
+from tests.support.registry import Registry
+from tests.support.treediff import diff, snapshot
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

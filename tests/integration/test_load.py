@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import child_pids, open_fds
-from images import BuiltImage
 
 from containers_image_proxy import AsyncImageProxy, ImageProxy
+from tests.support.images import BuiltImage
+from tests.support.resources import child_pids, open_fds
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

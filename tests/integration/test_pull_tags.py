@@ -8,10 +8,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from images import REF_NAME_ANNOTATION, BuiltImage, Layer, build_docker_archive, build_oci_archive
 
 from containers_image_proxy import pull
 from containers_image_proxy._tags import default_tag, image_tag, parse_destination, resolve_tag
+from tests.support.images import (
+    REF_NAME_ANNOTATION,
+    BuiltImage,
+    Layer,
+    build_docker_archive,
+    build_oci_archive,
+)
 
 CLI = [sys.executable, "-m", "containers_image_proxy"]
 

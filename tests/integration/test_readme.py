@@ -17,9 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from images import BuiltImage
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+from tests.support.images import BuiltImage
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 #: The README's example references, and the fixture image each one stands for.
 README_REFERENCES = {

@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from images import BuiltImage, MultiPlatformImage
-from registry import Registry, RegistryImage, RegistryIndex
 
 from containers_image_proxy import (
     AsyncImageProxy,
@@ -30,6 +28,8 @@ from containers_image_proxy import (
     RequestError,
 )
 from containers_image_proxy.oci import MEDIA_TYPE_IMAGE_MANIFEST
+from tests.support.images import BuiltImage, MultiPlatformImage
+from tests.support.registry import Registry, RegistryImage, RegistryIndex
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

@@ -24,9 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from images import BuiltImage
-from registry import Registry
-from signing import GpgKeys, SignedRegistry, SigstoreKey, upstream_skopeo
 
 from containers_image_proxy import (
     ImageProxy,
@@ -40,6 +37,9 @@ from containers_image_proxy import (
     unpack,
 )
 from containers_image_proxy.cli import EXIT_OK, EXIT_POLICY, EXIT_SPAWN
+from tests.support.images import BuiltImage
+from tests.support.registry import Registry
+from tests.support.signing import GpgKeys, SignedRegistry, SigstoreKey, upstream_skopeo
 
 IMAGES = ("signed", "unsigned", "other-key", "corrupted")
 KINDS = ("gpg", "sigstore")

@@ -31,10 +31,6 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from hostile_layers import TarLayer, many_files_layers, rich_layers
-from images import BuiltImage, build_oci_layout
-from storage import Store, StoredImage, implied_directories, podman_path, storable
-from treediff import Snapshot, diff, snapshot
 
 from containers_image_proxy import (
     AccessDeniedError,
@@ -51,6 +47,10 @@ from containers_image_proxy import (
 )
 from containers_image_proxy import _protocol as proto
 from containers_image_proxy.errors import InvalidReferenceError, LayerUnavailableError, RequestError
+from tests.support.hostile_layers import TarLayer, many_files_layers, rich_layers
+from tests.support.images import BuiltImage, build_oci_layout
+from tests.support.storage import Store, StoredImage, implied_directories, podman_path, storable
+from tests.support.treediff import Snapshot, diff, snapshot
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

@@ -6,9 +6,9 @@ import io
 import shutil
 
 import pytest
-from images import BuiltImage
 
 from containers_image_proxy import Blob, ClosedError, ImageProxy
+from tests.support.images import BuiltImage
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

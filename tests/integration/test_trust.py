@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from images import BuiltImage
 
 from containers_image_proxy import (
     ConfigurationError,
@@ -26,6 +25,7 @@ from containers_image_proxy import (
     unpack,
 )
 from containers_image_proxy._trust import PolicyGuard, default_policy_path, resolve_path
+from tests.support.images import BuiltImage
 
 ACCEPT = {"type": "insecureAcceptAnything"}
 REJECT = {"type": "reject"}

@@ -25,35 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hostile_layers import (
-    Entry,
-    TarLayer,
-    build,
-    compress,
-    continued_tar,
-    directory,
-    edit_config,
-    file,
-    hardlink,
-    layer,
-    opaque,
-    raw_layer,
-    rich_layers,
-    symlink,
-    tar_bytes,
-    whiteout,
-    without_end,
-)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from images import (
-    OCI_LAYER_GZIP,
-    OCI_LAYER_TAR,
-    OCI_LAYER_ZSTD,
-    BuiltImage,
-    build_docker_archive,
-)
-from treediff import Snapshot, diff, snapshot
 
 from containers_image_proxy import (
     AsyncImageProxy,
@@ -86,6 +59,33 @@ from containers_image_proxy import (
     unpack_async,
 )
 from containers_image_proxy._unpack_tree import _Info
+from tests.support.hostile_layers import (
+    Entry,
+    TarLayer,
+    build,
+    compress,
+    continued_tar,
+    directory,
+    edit_config,
+    file,
+    hardlink,
+    layer,
+    opaque,
+    raw_layer,
+    rich_layers,
+    symlink,
+    tar_bytes,
+    whiteout,
+    without_end,
+)
+from tests.support.images import (
+    OCI_LAYER_GZIP,
+    OCI_LAYER_TAR,
+    OCI_LAYER_ZSTD,
+    BuiltImage,
+    build_docker_archive,
+)
+from tests.support.treediff import Snapshot, diff, snapshot
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -522,7 +522,7 @@ def test_open_layer_drains_and_verifies(
 
 
 def test_open_layer_corrupted_blob(proxy: ImageProxy, tmp_path: Path) -> None:
-    from images import corrupt_blob
+    from tests.support.images import corrupt_blob
 
     image = build(tmp_path / "img", layer(file("f", os.urandom(50_000)), compression="none"))
     corrupt_blob(image, 0)

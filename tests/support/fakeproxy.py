@@ -1214,6 +1214,11 @@ def json_kind(value: Any) -> str:
     return "object"
 
 
+def fake_skopeo(protocol: str, *options: str) -> list[str]:
+    """A ``skopeo_cmd`` that runs this fake at ``protocol`` with extra fake options."""
+    return [sys.executable, os.path.abspath(__file__), "--protocol", protocol, *options]
+
+
 def main(argv: list[str]) -> NoReturn:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     opts = parse_options(argv)

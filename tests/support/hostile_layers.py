@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from images import (
+from tests.support.images import (
     FIXED_MTIME,
     OCI_LAYER_GZIP,
     OCI_LAYER_TAR,

@@ -32,9 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from images import BuiltImage, MultiPlatformImage, run_skopeo
-
 from containers_image_proxy._process import _die_with_parent
+from tests.support.images import BuiltImage, MultiPlatformImage, run_skopeo
 
 __all__ = [
     "DEFAULT_BINARY",

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from registry import Registry
+
+from tests.support.registry import Registry
 
 __all__ = [
     "UPSTREAM_ENV",

@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from hostile_layers import TarLayer
-from images import BuiltImage, build_oci_archive, run_skopeo
+from tests.support.hostile_layers import TarLayer
+from tests.support.images import BuiltImage, build_oci_archive, run_skopeo
 
 TRANSPORT = "containers-storage:"
 

@@ -9,7 +9,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from images import (
+
+from tests.support.images import (
     DOCKER_MANIFEST,
     FIXED_MTIME,
     HAVE_ZSTD,

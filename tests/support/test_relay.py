@@ -10,8 +10,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from images import random_bytes
-from relay import Relay
+
+from tests.support.images import random_bytes
+from tests.support.relay import Relay
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

@@ -7,7 +7,6 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from hostile_layers import build, edit_config, file, layer, tar_bytes
 
 from containers_image_proxy import (
     CompressionMismatchError,
@@ -36,6 +35,7 @@ from containers_image_proxy.oci import (
     Digest,
     ImageManifest,
 )
+from tests.support.hostile_layers import build, edit_config, file, layer, tar_bytes
 
 TAR = tar_bytes([file("a", b"x")])
 GZ = gzip.compress(TAR, mtime=0)
