@@ -151,7 +151,7 @@ class RawClient:
     def __init__(self, skopeo: str = "skopeo") -> None:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.proc = subprocess.Popen(
-            [skopeo, "experimental-image-proxy"], stdin=theirs, stderr=subprocess.DEVNULL
+            [skopeo, "experimental-image-proxy"], stdin=theirs.fileno(), stderr=subprocess.DEVNULL
         )
         theirs.close()
         self.call("Initialize", [])
@@ -187,8 +187,13 @@ class RawClient:
     # The same by asyncio: each wait is one add_reader / remove_reader, as it must be.
     async def _readable(self, fd: int) -> None:
         loop = asyncio.get_running_loop()
-        ready = loop.create_future()
-        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(fd, wake)
         try:
             await ready
         finally:

@@ -203,9 +203,15 @@ def registry_binary() -> str:
 
 
 def _serve(
-    factory: pytest.TempPathFactory, name: str, binary: str, skopeo: str, **kind: bool
+    factory: pytest.TempPathFactory,
+    name: str,
+    binary: str,
+    skopeo: str,
+    *,
+    tls: bool = False,
+    auth: bool = False,
 ) -> Iterator[Registry]:
-    registry = Registry(factory.mktemp(name), binary=binary, skopeo=skopeo, **kind)
+    registry = Registry(factory.mktemp(name), binary=binary, skopeo=skopeo, tls=tls, auth=auth)
     try:
         yield registry.start()
     finally:

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import pytest
 
@@ -69,7 +70,12 @@ def _ref(relay: Relay, image: RegistryImage) -> str:
     return f"docker://{relay.address}/{image.repo}:{image.tag}"
 
 
-def _config(skopeo_cmd: list[str], **options: float | None) -> ImageProxyConfig:
+class _Timeouts(TypedDict, total=False):
+    stall_timeout: float | None
+    probe_interval: float | None
+
+
+def _config(skopeo_cmd: list[str], **options: Unpack[_Timeouts]) -> ImageProxyConfig:
     return ImageProxyConfig(skopeo_cmd=skopeo_cmd, insecure_skip_tls_verification=True, **options)
 
 

@@ -122,8 +122,8 @@ async def test_index_platform_override(
         # skopeo answers with the digest of the platform's manifest, not the index's.
         assert digest == wanted.manifest_digest
         assert [str(layer.digest) for layer in manifest.layers] == wanted.layer_digests
-        config = await proxy.fetch_config(img)
-        assert config.architecture == arch
+        image_config = await proxy.fetch_config(img)
+        assert image_config.architecture == arch
 
 
 async def test_big_config_beyond_pipe_buffer(

@@ -124,8 +124,8 @@ def test_index_platform_override(
         # skopeo answers with the digest of the platform's manifest, not the index's.
         assert digest == wanted.manifest_digest
         assert [str(layer.digest) for layer in manifest.layers] == wanted.layer_digests
-        config = proxy.fetch_config(img)
-        assert config.architecture == arch
+        image_config = proxy.fetch_config(img)
+        assert image_config.architecture == arch
 
 
 def test_big_config_beyond_pipe_buffer(proxy: ImageProxy, big_config_image: BuiltImage) -> None:

@@ -133,9 +133,11 @@ def test_pull_retries_cut_connections(
         {d.digest.encoded for d in (result.manifest.config, *result.manifest.layers)}
         | {result.manifest_digest.encoded}
     )
+    first = result.retries[0].error
+    assert isinstance(first, RequestError)
     observe(
         f"{_retries(len(result.retries))} for {relay.cuts} cuts, layout verified, {elapsed:.2f}s:"
-        f" {result.retries[0].error.message[:120]}"
+        f" {first.message[:120]}"
     )
 
 

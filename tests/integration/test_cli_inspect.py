@@ -110,7 +110,7 @@ def compare_inspect(
 ) -> dict[str, Any]:
     our_output = ours(*global_options, "inspect", *options, ref)
     their_output = theirs(skopeo, *options, ref, global_options=global_options)
-    our_report = json.loads(our_output)
+    our_report: dict[str, Any] = json.loads(our_output)
     assert_like_skopeo(our_report, json.loads(their_output), differences)
     if not differences and b'"LayersData"' in their_output:
         assert our_output == their_output  # the same bytes: skopeo's JSON layout

@@ -10,6 +10,7 @@ references, missing images, and options the installed skopeo lacks.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -210,7 +211,10 @@ def _open_error(config: ImageProxyConfig, reference: str) -> RequestError:
 
 def test_authentication(any_skopeo: str, auth_registry: Registry, oci_image: BuiltImage) -> None:
     image = auth_registry.push_image(oci_image, "private/image", "latest")
-    common = {"skopeo_cmd": [any_skopeo], "certificate_directory": auth_registry.cert_dir}
+    common: dict[str, Any] = {
+        "skopeo_cmd": [any_skopeo],
+        "certificate_directory": auth_registry.cert_dir,
+    }
     for config in (
         ImageProxyConfig(**common),
         ImageProxyConfig(auth_anonymous=True, **common),

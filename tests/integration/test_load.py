@@ -129,10 +129,12 @@ def test_pool_of_proxies(oci_image: BuiltImage, observe: Callable[[str], None]) 
     try:
         assert len(child_pids() & {p.pid for p in proxies}) == 4
         with concurrent.futures.ThreadPoolExecutor(32) as pool:
-            jobs = [
-                pool.submit(lambda p=proxies[n % 4]: [cycle(p, oci_image) for _ in range(20)])
-                for n in range(32)
-            ]
+
+            def cycles(proxy: ImageProxy) -> None:
+                for _ in range(20):
+                    cycle(proxy, oci_image)
+
+            jobs = [pool.submit(cycles, proxies[n % 4]) for n in range(32)]
             for job in jobs:
                 job.result()
     finally:

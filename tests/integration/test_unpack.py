@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from hypothesis import given, settings
@@ -369,6 +370,7 @@ def test_next_layer_is_fetched_while_one_is_applied(skopeo: str, tmp_path: Path)
     )
     digests = [digest for digest, _, _, _ in image.layers]
     waited: list[bool] = []
+    proxy = _RecordingProxy()
 
     def progress(result: LayerResult) -> None:
         # Layer n is applied: the reader has (or soon has) opened layer n + 1 already,
@@ -380,7 +382,7 @@ def test_next_layer_is_fetched_while_one_is_applied(skopeo: str, tmp_path: Path)
                     proxy.opened_event.wait_for(lambda: len(proxy.opened) > index + 1, 10)
                 )
 
-    with _RecordingProxy() as proxy:
+    with proxy:
         result = unpack(image.ref, tmp_path / "dest", proxy=proxy, progress=progress)
     assert waited == [True, True]
     assert proxy.opened == digests
@@ -461,7 +463,7 @@ def test_pipeline_shares_the_hashing(monkeypatch: pytest.MonkeyPatch, slower: st
     monkeypatch.setattr(_unpack._Chunks, "_hash_one", recording)
 
     @contextlib.contextmanager
-    def opener(descriptor: Descriptor) -> Iterator[object]:
+    def opener(descriptor: Descriptor) -> Iterator[_SlowReader | io.BytesIO]:
         data = blobs[str(descriptor.digest)]
         yield _SlowReader(data, 0.004) if slower == "reader" else io.BytesIO(data)
 
@@ -508,8 +510,8 @@ def test_open_layer_drains_and_verifies(
             with open_layer(proxy, opened, manifest.layers[1], diff_ids[1]) as stream:
                 raise KeyError
         with open_layer(proxy, opened, manifest.layers[1], diff_ids[1]) as stream:
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
-                names = [member.name for member in tar]
+            with tarfile.open(fileobj=stream, mode="r|") as archive:
+                names = [member.name for member in archive]
         assert "opt/old/.wh..wh..opq" in names
         # RootfsWriter applies open_layer streams, the layer-level way to unpack.
         with RootfsWriter(tmp_path / "root", rootless=True) as writer:
@@ -917,7 +919,7 @@ def test_header_fast_path_parses_as_tarfile(
     kind: bytes,
     numbers: tuple[int, int, int, int, int],
     devices: tuple[int, int],
-    fmt: int,
+    fmt: Literal[0, 1, 2],
     texts: dict[str, bytes],
     edits: list[tuple[int, bytes, int]],
     style: int | None,
@@ -968,7 +970,8 @@ def test_header_fast_path_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(_parse_header(_Info, _with_checksum(odd, 0)), dict) and len(slow) == 1
     # A checksum off by adler32's modulus is still a bad checksum.
     bad = _with_checksum(high, 0, off=-65521)
-    assert _parse_header(_Info, bad) == (tarfile.InvalidHeaderError, "bad checksum")
+    invalid = tarfile.InvalidHeaderError  # type: ignore[attr-defined]  # not in typeshed
+    assert _parse_header(_Info, bad) == (invalid, "bad checksum")
 
 
 # --------------------------------------------------------------------------- hostile layers

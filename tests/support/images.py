@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,7 +146,7 @@ class Layer:
             return tar, tar
         if self.compression == "gzip":
             return gzip.compress(tar, compresslevel=6, mtime=0), tar
-        import zstandard  # type: ignore[import-not-found]
+        import zstandard
 
         return zstandard.ZstdCompressor(level=3).compress(tar), tar
 
@@ -260,7 +260,7 @@ class _Parts:
 
 
 def _make_image(
-    layers: list[Layer],
+    layers: Sequence[Layer],
     *,
     architecture: str,
     os: str,
@@ -355,7 +355,7 @@ def _add_to_index_json(dest: Path, descriptor: dict[str, Any], tag: str) -> None
 
 def build_oci_layout(
     dest: Path,
-    layers: list[Layer],
+    layers: Sequence[Layer],
     *,
     tag: str = "latest",
     architecture: str = "amd64",
@@ -481,7 +481,7 @@ def build_oci_index(
 
 def build_oci_archive(
     path: Path,
-    layers: list[Layer],
+    layers: Sequence[Layer],
     *,
     tag: str = "latest",
     labels: Mapping[str, str] | None = None,
@@ -523,7 +523,7 @@ def build_oci_archive(
 
 def build_dir(
     path: Path,
-    layers: list[Layer],
+    layers: Sequence[Layer],
     *,
     labels: Mapping[str, str] | None = None,
 ) -> BuiltImage:
@@ -558,7 +558,7 @@ def build_dir(
 
 def build_docker_archive(
     path: Path,
-    layers: list[Layer],
+    layers: Sequence[Layer],
     *,
     tag: str = "example.com/test:latest",
     labels: Mapping[str, str] | None = None,

@@ -227,7 +227,7 @@ def test_docker_reference_name(reference: str, name: str | None) -> None:
 
 
 def test_go_json() -> None:
-    value = {"B": "<a> & \u00e9 \u2028", "A": [], "C": {}, "D": None, "E": [1]}
+    value: dict[str, Any] = {"B": "<a> & \u00e9 \u2028", "A": [], "C": {}, "D": None, "E": [1]}
     assert go_json(value) == (
         "{\n"
         '    "B": "\\u003ca\\u003e \\u0026 \u00e9 \\u2028",\n'

@@ -44,7 +44,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr(proto.time, "monotonic", fake)
+    monkeypatch.setattr("containers_image_proxy._protocol.time.monotonic", fake)
     return fake
 
 
