@@ -5,12 +5,17 @@ client) and ``tests/_async`` -> ``tests/_sync`` (the tests that run against both
 clients); each ``_async/NAME.py`` becomes ``_sync/NAME.py``. Run
 ``python tools/gen_sync.py`` after editing a source; ``python tools/gen_sync.py --check``
 fails when a generated file is stale.
+
+A source is copied into its twin word for word, comments and docstrings included,
+so it must not speak of "this file": there it would name the generated twin. Name
+the two paths instead (``_async/x.py`` is the source of ``_sync/x.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import re
 import subprocess
 import sys
 import tempfile
@@ -27,6 +32,8 @@ PAIRS = [
     ),
     (ROOT / "tests" / "_async", ROOT / "tests" / "_sync"),
 ]
+#: Words that would make the generated twin call itself the source.
+SELF_REFERENCE = re.compile(r"\bthis file\b", re.IGNORECASE)
 HEADER = "# Generated from {name} by tools/gen_sync.py.\n# Edit the source, not this file.\n"
 
 REPLACEMENTS = {
@@ -63,6 +70,13 @@ TEXT = [
 
 
 def generate(source: Path, target: Path) -> str:
+    found = SELF_REFERENCE.search(source.read_text())
+    if found:
+        line = source.read_text().count("\n", 0, found.start()) + 1
+        raise SystemExit(
+            f"{source.relative_to(ROOT)}:{line}: {found.group()!r} would name the generated"
+            f" {target.relative_to(ROOT)} too; name both paths instead"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         src_dir = Path(tmp) / "_async"
         src_dir.mkdir()

@@ -5,10 +5,11 @@ only in FinishPipe's reply (docs/protocol.md rules 1 and 9). After ``probe_inter
 seconds without data the client sends FinishPipe while it keeps reading: a dead
 source is then reported within seconds, with skopeo's own error, where the client
 used to wait for the whole stall timeout. The real cases run against a registry
-behind tests/relay.py, on Debian's skopeo and on a newer upstream build; the fake
-proxy covers a blob of unknown size, which the registry here never serves.
+behind tests/support/relay.py, on Debian's skopeo and on a newer upstream build; the
+fake proxy covers a blob of unknown size, which the registry here never serves.
 
-This file is the source of ``test_sync_dead_source.py`` (tools/gen_sync.py).
+Written once in ``tests/_async/``; the blocking twin in ``tests/_sync/`` is generated
+from it by tools/gen_sync.py.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 # Generated from tests/_async/test_fake.py by tools/gen_sync.py.
 # Edit the source, not this file.
-"""Protocol 0.2.4 to 0.2.8 behaviour through the fake proxy (tests/fakeproxy.py).
+"""Protocol 0.2.4 to 0.2.8 behaviour through the fake proxy (tests/support/fakeproxy.py).
 
 The installed skopeo may speak only 0.2.3; the fake follows docs/protocol.md at each
-version. Whatever the real skopeo can run is tested against it in
-test_async_proxy.py. This file is the source of ``test_sync_fake.py``.
+version. Whatever the real skopeo can run is tested against it in test_proxy.py.
+Written once in ``tests/_async/``; the blocking twin in ``tests/_sync/`` is generated
+from it by tools/gen_sync.py.
 """
 
 from __future__ import annotations

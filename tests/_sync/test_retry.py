@@ -2,13 +2,14 @@
 # Edit the source, not this file.
 """Retries of blob transfers that failed for a reason that may pass.
 
-A registry behind tests/relay.py resets the first connections in the middle of a
+A registry behind tests/support/relay.py resets the first connections in the middle of a
 layer; ``pull``, ``unpack`` and ``stream_layers`` must still deliver exactly the
 image, say how often they retried, and never retry what failed verification.
 Both skopeos: Debian's gives up at the first cut; the newer one resumes a cut
 transfer once by itself, then reports a second cut as ``retryable``.
 
-This file is the source of ``test_sync_retry.py`` (tools/gen_sync.py).
+Written once in ``tests/_async/``; the blocking twin in ``tests/_sync/`` is generated
+from it by tools/gen_sync.py.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """AsyncImageProxy: the asyncio client of skopeo's image proxy.
 
-This file is the single source of the client's I/O logic: ``_sync/proxy.py`` is
-generated from it by ``tools/gen_sync.py`` (``await`` removed, ``Async`` names
-replaced) and a test fails when the two drift apart. Protocol decisions live in
-``_protocol``; this module only sends, receives, reads pipes and waits.
+``_async/proxy.py`` is the single source of the client's I/O logic:
+``_sync/proxy.py`` is generated from it by ``tools/gen_sync.py`` (``await``
+removed, ``Async`` names replaced) and a check fails when the two drift apart.
+Protocol decisions live in ``_protocol``; this module only sends, receives, reads
+pipes and waits.
 """
 
 from __future__ import annotations

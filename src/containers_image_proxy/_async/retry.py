@@ -1,7 +1,7 @@
 """Trying a blob transfer again after a failure that may pass.
 
-Written once for asyncio; ``_sync/retry.py`` is generated from this file by
-tools/gen_sync.py. The decisions (which failures, how many times, how long to wait)
+Written once for asyncio in ``_async/retry.py``; ``_sync/retry.py`` is generated
+from it by tools/gen_sync.py. The decisions (which failures, how many times, how long to wait)
 are :class:`~containers_image_proxy._retry.RetryPolicy`'s; this module runs them:
 
 - :class:`AsyncImageSource` is a proxy with an image opened on it. When the proxy

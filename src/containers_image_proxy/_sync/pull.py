@@ -2,8 +2,9 @@
 # Edit the source, not this file.
 """Pulling a whole image into an OCI layout, and streaming its layers.
 
-Written once for asyncio (``pull_async``, ``stream_layers_async``); the blocking
-``pull`` and ``stream_layers`` are generated from this file by tools/gen_sync.py.
+Written once for asyncio in ``_async/pull.py`` (``pull_async``,
+``stream_layers_async``); the blocking ``pull`` and ``stream_layers`` in
+``_sync/pull.py`` are generated from it by tools/gen_sync.py.
 """
 
 from __future__ import annotations
