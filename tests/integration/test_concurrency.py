@@ -1,18 +1,26 @@
-"""One proxy shared by many threads, and by many asyncio tasks."""
+"""One proxy shared by many threads, and by many asyncio tasks.
+
+Last, the blocking Blob as a real io.RawIOBase, which the standard library's I/O
+helpers accept.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import hashlib
+import io
 import os
+import shutil
 import time
 
 import pytest
 
 from containers_image_proxy import (
     AsyncImageProxy,
+    Blob,
     BusyError,
+    ClosedError,
     ImageProxy,
     ImageProxyConfig,
     StallTimeoutError,
@@ -142,3 +150,23 @@ async def test_cancelled_copy_waits_for_its_thread(big_layers_image: BuiltImage)
         await blob.aclose()  # the source is stalled: the pipe is given up at once
         assert time.monotonic() - started < 1
         assert (await proxy.fetch_manifest(img))[0] == big_layers_image.manifest_digest
+
+
+def test_blob_is_a_raw_io_stream(big_layers_image: BuiltImage) -> None:
+    digest, size, _, data = big_layers_image.layers[0]
+    with ImageProxy() as proxy, proxy.open_image(big_layers_image.ref) as img:
+        blob = proxy.get_blob(img, digest, size)
+        assert isinstance(blob, Blob) and isinstance(blob, io.RawIOBase)
+        assert blob.readable() and not blob.writable() and not blob.seekable()
+        with io.BufferedReader(blob, buffer_size=64 * 1024) as buffered:
+            assert buffered.read(3) == data[:3]
+            assert buffered.read() == data[3:]
+            assert buffered.read() == b""
+        assert blob.closed
+
+        out = io.BytesIO()
+        with proxy.get_blob(img, digest, size) as blob:
+            shutil.copyfileobj(blob, out)
+        assert out.getvalue() == data
+        with pytest.raises(ClosedError), blob:
+            pass
