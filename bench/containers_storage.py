@@ -6,7 +6,7 @@
         # also the image stored from gzip layers, read by a skopeo with GetLayerInfo
 
 The gzip image of bench/unpack.py is built as an OCI layout, and put into a private vfs
-store (tests/storage.py) twice: by ``podman load`` of a docker-archive (the store's
+store (tests/support/storage.py) twice: by ``podman load`` of a docker-archive (the store's
 manifest names its plain layers) and by ``skopeo copy`` from the gzip layout (the store
 keeps the layers plain, its manifest names the gzip blobs). ``unpack`` then reads:
 

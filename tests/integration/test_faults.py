@@ -1,4 +1,4 @@
-"""The client against a real registry behind a fault-injecting relay (tests/relay.py).
+"""The client against a real registry behind a fault-injecting relay (tests/support/relay.py).
 
 Every case checks what a user sees: correct, byte-exact data, or a clear
 ``ImageProxyError`` within a bounded time; never a hang, never wrong bytes handed

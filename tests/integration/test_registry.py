@@ -1,6 +1,6 @@
 """The client against real skopeo and a real registry (CNCF distribution) on 127.0.0.1.
 
-Three registries run for the whole session (see tests/registry.py): plain HTTP,
+Three registries run for the whole session (see tests/support/registry.py): plain HTTP,
 HTTPS with a CA of its own, and HTTPS with htpasswd basic auth. Images are pushed
 with ``skopeo copy --preserve-digests`` so the registry stores the very manifest
 the suite built, and every byte pulled back can be compared with what was built.

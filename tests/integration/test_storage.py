@@ -1,6 +1,6 @@
 """Reading images from containers-storage, the local store of podman, buildah and CRI-O.
 
-A private vfs store (tests/storage.py) is filled the ways users fill theirs:
+A private vfs store (tests/support/storage.py) is filled the ways users fill theirs:
 
 * ``plain``: ``podman load`` of a docker-archive (gzip and plain layers, whiteouts,
   hardlinks); the store keeps a manifest that names the uncompressed layers.

@@ -1,6 +1,6 @@
 """Unpacking images into root filesystems: compared with umoci, and attacked.
 
-Images are built here (tests/hostile_layers.py) and unpacked through the real skopeo.
+Images are built here (tests/support/hostile_layers.py) and unpacked through the real skopeo.
 Every hostile layer must be refused with a typed error or contained inside ``dest``,
 while a sentinel directory next to ``dest`` stays untouched.
 """

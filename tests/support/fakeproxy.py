@@ -6,7 +6,7 @@ version from 0.2.3 to 0.2.8, serves ``oci:DIR[:TAG]`` references from a real OCI
 layout on disk, and can inject faults that a real skopeo only shows against a flaky
 registry.  The client runs it in place of skopeo::
 
-    python tests/fakeproxy.py --protocol 0.2.8 [fake options] [skopeo global options]
+    python tests/support/fakeproxy.py --protocol 0.2.8 [fake options] [skopeo global options]
         experimental-image-proxy [skopeo proxy options]
 
 with one end of a ``SOCK_SEQPACKET`` socketpair as stdin (or as ``--sockfd N``).

@@ -1,4 +1,4 @@
-"""Tests of tests/fakeproxy.py itself, spoken to over a raw SOCK_SEQPACKET socket."""
+"""Tests of tests/support/fakeproxy.py itself, spoken to over a raw SOCK_SEQPACKET socket."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Check the test-image builders in tests/images.py against the real skopeo."""
+"""Check the test-image builders in tests/support/images.py against the real skopeo."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Unit tests of the fault relay (tests/relay.py) against a small TCP server."""
+"""Unit tests of the fault relay (tests/support/relay.py) against a small TCP server."""
 
 from __future__ import annotations
 

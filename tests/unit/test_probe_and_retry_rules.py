@@ -4,7 +4,7 @@
 stalled; ``is_transient`` which failures may pass; ``RetryPolicy`` how often and
 after how long a blob is tried again. The messages below are the ones skopeo
 1.9.3 and a current upstream build gave for a reset connection (seen through
-tests/relay.py), and containers/image's wording for HTTP failures.
+tests/support/relay.py), and containers/image's wording for HTTP failures.
 """
 
 from __future__ import annotations
