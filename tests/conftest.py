@@ -1,3 +1,8 @@
+"""Fixtures for every test: skopeo, images built once per session, the registries, leaks.
+
+The helpers behind them live in tests/support/; CONTRIBUTING.md describes the layout.
+"""
+
 from __future__ import annotations
 
 # ============================================================================
