@@ -6,7 +6,7 @@
         # also the image stored from gzip layers, read by a skopeo with GetLayerInfo
 
 The gzip image of bench/unpack.py is built as an OCI layout, and put into a private vfs
-store (tests/storage.py) twice: by ``podman load`` of a docker-archive (the store's
+store (tests/support/storage.py) twice: by ``podman load`` of a docker-archive (the store's
 manifest names its plain layers) and by ``skopeo copy`` from the gzip layout (the store
 keeps the layers plain, its manifest names the gzip blobs). ``unpack`` then reads:
 
@@ -42,15 +42,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _table import markdown_table
+from unpack import build_synthetic
+
+from tests.support.hostile_layers import TarLayer, build
+from tests.support.images import BuiltImage, build_oci_layout
+from tests.support.storage import Store, podman_path
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
-
-from _table import markdown_table  # noqa: E402
-from hostile_layers import TarLayer, build  # noqa: E402
-from images import BuiltImage, build_oci_layout  # noqa: E402
-from storage import Store, podman_path  # noqa: E402
-from unpack import build_synthetic  # noqa: E402
-
 MiB = 1 << 20
 
 OURS = """

@@ -4,9 +4,8 @@
     python bench/realimage.py --rebuild   # build the layers again from the cached rootfs
     python bench/realimage.py --refetch   # run debootstrap again, then build the layers
 
-From Python (another benchmark)::
+From another benchmark (a script in bench/, whose directory Python puts on the path)::
 
-    sys.path.insert(0, "bench")
     from realimage import real_image
     image = real_image()          # builds on first use, then reuses the cache
     image.layouts["gzip"]         # an OCI layout directory (tag "latest"); also "zstd"

@@ -36,23 +36,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
+from _chart import draw
+from _table import markdown_table
+from containers_storage import markdown_section as storage_section
+from realimage import RealImage, real_image, smoke_image
 
-from _chart import draw  # noqa: E402
-from _table import markdown_table  # noqa: E402
-from containers_storage import markdown_section as storage_section  # noqa: E402
-from realimage import RealImage, real_image, smoke_image  # noqa: E402
-from registry import Registry  # noqa: E402
-from relay import Relay  # noqa: E402
-
-from containers_image_proxy import (  # noqa: E402
+from containers_image_proxy import (
     AsyncImageProxy,
     ImageProxy,
     ImageProxyConfig,
     pull,
 )
+from tests.support.registry import Registry
+from tests.support.relay import Relay
 
+HERE = Path(__file__).resolve().parent
 MiB = 1 << 20
 
 
@@ -153,7 +151,7 @@ class RawClient:
     def __init__(self, skopeo: str = "skopeo") -> None:
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.proc = subprocess.Popen(
-            [skopeo, "experimental-image-proxy"], stdin=theirs, stderr=subprocess.DEVNULL
+            [skopeo, "experimental-image-proxy"], stdin=theirs.fileno(), stderr=subprocess.DEVNULL
         )
         theirs.close()
         self.call("Initialize", [])
@@ -189,8 +187,13 @@ class RawClient:
     # The same by asyncio: each wait is one add_reader / remove_reader, as it must be.
     async def _readable(self, fd: int) -> None:
         loop = asyncio.get_running_loop()
-        ready = loop.create_future()
-        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(fd, wake)
         try:
             await ready
         finally:

@@ -31,7 +31,7 @@ before every run the earlier outputs are removed, dirty pages written back, the
 caches dropped and the layout read again, so that every contender starts the same
 way: the layout in the page cache, the target clean. Without root the caches stay
 as they are (the report says so). Ours, async and umoci must make the same tree
-(compared as ``tests/treediff.py`` does, less ownership, which rootless modes do not
+(compared as ``tests/support/treediff.py`` does, less ownership, which rootless modes do not
 apply). Prints a table of ratios (alternative's time over ours: above 1 means ours is
 faster) and writes JSON to bench/results/unpack.json (to a temporary directory with
 --smoke) and redraws the chart from both result files.
@@ -56,15 +56,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _chart import draw
+from _table import markdown_table
+from realimage import COMPRESSIONS, RealImage, real_image, smoke_image
+
+from tests.support import treediff
+from tests.support.hostile_layers import TarLayer, build, file, tar_bytes
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
-
-import treediff  # noqa: E402
-from _chart import draw  # noqa: E402
-from _table import markdown_table  # noqa: E402
-from hostile_layers import TarLayer, build, file, tar_bytes  # noqa: E402
-from realimage import COMPRESSIONS, RealImage, real_image, smoke_image  # noqa: E402
-
 MiB = 1 << 20
 
 OURS = """

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from images import Layer, build_docker_archive, build_oci_layout, random_bytes
-
 from containers_image_proxy import AsyncImageProxy, ImageProxy, cli
+from tests.support.images import Layer, build_docker_archive, build_oci_layout, random_bytes
 
 
 def build(root: Path) -> list[str]:

@@ -1,18 +1,23 @@
+"""Fixtures for every test: skopeo, images built once per session, the registries, leaks.
+
+The helpers behind them live in tests/support/; CONTRIBUTING.md describes the layout.
+"""
+
 from __future__ import annotations
 
 # ============================================================================
-# BEGIN test images fixtures (see tests/images.py)
+# BEGIN test images fixtures (see tests/support/images.py)
 # ============================================================================
 import gc
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from images import (
+
+from tests.support.images import (
     BuiltImage,
     Layer,
     MultiPlatformImage,
@@ -24,9 +29,10 @@ from images import (
     corrupt_blob,
     random_bytes,
 )
-from registry import Registry, RegistryImage, find_registry_binary
+from tests.support.registry import Registry, RegistryImage, find_registry_binary
+from tests.support.resources import child_pids, open_fds
 
-pytest_plugins = ["reliability"]
+pytest_plugins = ["tests.support.reliability"]
 
 IMAGE_LABELS = {
     "org.opencontainers.image.title": "containers-image-proxy test image",
@@ -152,29 +158,6 @@ def corrupted_image(tmp_path: Path, skopeo: str) -> BuiltImage:
 # ============================================================================
 
 
-def open_fds() -> dict[int, str]:
-    """This process's open descriptors and what they point to."""
-    fds = {}
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            pass  # the descriptor of the listing itself, gone by now
-    return fds
-
-
-def child_pids() -> set[int]:
-    """Pids of this process's children, zombies included."""
-    pids: set[int] = set()
-    for task in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{task}/children") as f:
-                pids.update(int(p) for p in f.read().split())
-        except OSError:
-            pass
-    return pids
-
-
 @pytest.fixture
 def no_leaks() -> Iterator[None]:
     """Fail the test if it leaves descriptors or child processes behind."""
@@ -203,21 +186,13 @@ def big_layers_image(images_root: Path) -> BuiltImage:
     return build_oci_layout(images_root / "big-layers", layers)
 
 
-FAKE_PROXY = Path(__file__).with_name("fakeproxy.py")
-
-
-def fake_skopeo(protocol: str, *options: str) -> list[str]:
-    """A skopeo_cmd that runs the fake proxy at ``protocol`` with extra fake options."""
-    return [sys.executable, str(FAKE_PROXY), "--protocol", protocol, *options]
-
-
 # ============================================================================
 # END resource accounting and proxy helpers
 # ============================================================================
 
 
 # ============================================================================
-# BEGIN local registry fixtures (see tests/registry.py)
+# BEGIN local registry fixtures (see tests/support/registry.py)
 # ============================================================================
 
 
@@ -233,9 +208,15 @@ def registry_binary() -> str:
 
 
 def _serve(
-    factory: pytest.TempPathFactory, name: str, binary: str, skopeo: str, **kind: bool
+    factory: pytest.TempPathFactory,
+    name: str,
+    binary: str,
+    skopeo: str,
+    *,
+    tls: bool = False,
+    auth: bool = False,
 ) -> Iterator[Registry]:
-    registry = Registry(factory.mktemp(name), binary=binary, skopeo=skopeo, **kind)
+    registry = Registry(factory.mktemp(name), binary=binary, skopeo=skopeo, tls=tls, auth=auth)
     try:
         yield registry.start()
     finally:

@@ -1,10 +1,16 @@
-"""Generate the blocking code (``_sync/``) from the asyncio source (``_async/``).
+"""Generate the blocking twins (``_sync/``) from their asyncio sources (``_async/``).
 
-Run ``python tools/gen_sync.py`` after editing ``src/containers_image_proxy/_async``
-(or a ``tests/test_async_*.py``); ``python tools/gen_sync.py --check`` fails when
-a generated file is stale. Either way the script fails when one of its
+Two pairs of directories: ``src/containers_image_proxy/_async`` -> ``_sync`` (the
+client) and ``tests/_async`` -> ``tests/_sync`` (the tests that run against both
+clients); each ``_async/NAME.py`` becomes ``_sync/NAME.py``. Run
+``python tools/gen_sync.py`` after editing a source; ``python tools/gen_sync.py --check``
+fails when a generated file is stale. Either way the script fails when one of its
 substitutions was used nowhere: a rename in the source must not leave a rule that
 silently stopped applying.
+
+A source is copied into its twin word for word, comments and docstrings included,
+so it must not speak of "this file": there it would name the generated twin. Name
+the two paths instead (``_async/x.py`` is the source of ``_sync/x.py``).
 
 ``unasync`` drops ``async``/``await`` and renames tokens (``AsyncFoo`` becomes
 ``SyncFoo`` unless :data:`REPLACEMENTS` says otherwise); :data:`TEXT` then fixes
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +32,13 @@ import unasync
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "src" / "containers_image_proxy"
+#: Each asyncio source directory and the directory its blocking twins are written to.
+PAIRS = [
+    (PACKAGE / "_async", PACKAGE / "_sync"),
+    (ROOT / "tests" / "_async", ROOT / "tests" / "_sync"),
+]
+#: Words that would make the generated twin call itself the source.
+SELF_REFERENCE = re.compile(r"\bthis file\b", re.IGNORECASE)
 HEADER = "# Generated from {name} by tools/gen_sync.py.\n# Edit the source, not this file.\n"
 
 #: Token renames beyond unasync's own (which turns ``AsyncFoo`` into ``SyncFoo``).
@@ -78,7 +92,14 @@ class _Rule(unasync.Rule):  # type: ignore[misc]
 
 def generate(rule: _Rule, used_text: set[str], source: Path, target: Path) -> str:
     """The generated twin of ``source``, as it belongs at ``target``."""
-    text = rule.convert(source.read_text()).replace(source.name, target.name)
+    found = SELF_REFERENCE.search(source.read_text())
+    if found:
+        line = source.read_text().count("\n", 0, found.start()) + 1
+        raise SystemExit(
+            f"{source.relative_to(ROOT)}:{line}: {found.group()!r} would name the generated"
+            f" {target.relative_to(ROOT)} too; name both paths instead"
+        )
+    text = rule.convert(source.read_text())
     for old, new in TEXT:
         if old in text:
             used_text.add(old)
@@ -98,10 +119,9 @@ def generate(rule: _Rule, used_text: set[str], source: Path, target: Path) -> st
 
 def pairs() -> list[tuple[Path, Path]]:
     """Every asyncio source with the path of its blocking twin."""
-    found = [(src, PACKAGE / "_sync" / src.name) for src in (PACKAGE / "_async").glob("*.py")]
-    for source in (ROOT / "tests").glob("test_async_*.py"):
-        found.append((source, source.with_name(source.name.replace("_async_", "_sync_"))))
-    return sorted(found)
+    return sorted(
+        (source, target / source.name) for origin, target in PAIRS for source in origin.glob("*.py")
+    )
 
 
 def main() -> int:

@@ -145,7 +145,7 @@ class Reply:
 # The proxy reports failures as text (and, from 0.2.8, a coarse code). The kinds a
 # caller must tell apart are recognised here and nowhere else; each pattern is
 # checked against real messages of skopeo 1.9.3, of a current skopeo and of the
-# distribution registry (tests/test_error_classes.py).
+# distribution registry (tests/integration/test_error_classes.py).
 _VERIFICATION = re.compile(r"corrupted blob|expected \d+ bytes in blob|digest mismatch", re.I)
 #: Refusals by the signature policy (OpenImage, protocol 0.2.6+). Fetching a
 #: signature ("reading signature from ...") is transport, not policy.

@@ -1,0 +1,1 @@
+"""Tests that start no process: protocol, policy, OCI documents, options, reports."""
