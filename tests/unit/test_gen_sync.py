@@ -9,7 +9,7 @@ from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -60,3 +60,17 @@ def test_check_finds_a_stale_twin(
     monkeypatch.setattr(sys, "argv", ["gen_sync.py", "--check"])
     assert gen_sync.main() == 1
     assert (tmp_path / "image.py").read_text() == "# edited by hand\n"
+
+
+def test_a_source_that_names_itself_is_refused(
+    gen_sync: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A twin copied word for word would call itself the source."""
+    source = tmp_path / "_async" / "thing.py"
+    source.parent.mkdir()
+    source.write_text('"""This file is the source of the blocking code."""\n')
+    monkeypatch.setattr(gen_sync, "ROOT", tmp_path)
+    monkeypatch.setattr(gen_sync, "pairs", lambda: [(source, tmp_path / "thing.py")])
+    with pytest.raises(SystemExit, match="'This file' would name the generated"):
+        gen_sync.main()
+    assert not (tmp_path / "thing.py").exists()
