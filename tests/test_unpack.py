@@ -78,14 +78,13 @@ from containers_image_proxy import (
     UnpackLimits,
     UnsafeLayerError,
     VerificationError,
-    _unpack,
-    _unpack_stream,
     detect_compression,
     open_layer,
     unpack,
     unpack_async,
 )
-from containers_image_proxy._unpack_tree import _Info
+from containers_image_proxy._unpack import compression, pipeline
+from containers_image_proxy._unpack.writer import _Info
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -440,7 +439,7 @@ class _SlowReader:
 def test_pipeline_shares_the_hashing(monkeypatch: pytest.MonkeyPatch, slower: str) -> None:
     """Every chunk is hashed once, in order, by the thread that would otherwise wait;
     a corrupt layer fails at its end either way."""
-    monkeypatch.setattr(_unpack, "_AHEAD", 256 << 10)
+    monkeypatch.setattr(pipeline, "_AHEAD", 256 << 10)
     tars = [tar_bytes([file("f", hashlib.shake_256(b"%d" % n).digest(3 << 20))]) for n in range(3)]
     blobs = {sha256(tar): tar for tar in tars}
     diff_ids = [Digest(sha256(tar)) for tar in tars]
@@ -450,22 +449,22 @@ def test_pipeline_shares_the_hashing(monkeypatch: pytest.MonkeyPatch, slower: st
         for tar, diff_id in zip(tars, diff_ids, strict=True)
     ]
     hashed_by: list[str] = []
-    hash_one = _unpack._Chunks._hash_one
+    hash_one = pipeline._Chunks._hash_one
 
-    def recording(chunks: _unpack._Chunks) -> bool:
+    def recording(chunks: pipeline._Chunks) -> bool:
         done = hash_one(chunks)
         if done:
             hashed_by.append(threading.current_thread().name)
         return done
 
-    monkeypatch.setattr(_unpack._Chunks, "_hash_one", recording)
+    monkeypatch.setattr(pipeline._Chunks, "_hash_one", recording)
 
     @contextlib.contextmanager
     def opener(descriptor: Descriptor) -> Iterator[object]:
         data = blobs[str(descriptor.digest)]
         yield _SlowReader(data, 0.004) if slower == "reader" else io.BytesIO(data)
 
-    with _unpack._Reader(opener, layers, None) as reader:
+    with pipeline._Reader(opener, layers, None) as reader:
         for index, (tar, diff_id) in enumerate(zip(tars, diff_ids, strict=True)):
             stream = reader.layer(diff_id)
             pieces = []
@@ -579,8 +578,8 @@ def test_detect_compression(media_type: str, blob: bytes, expected: object) -> N
 def inflater(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Gzip layers read with ISA-L's inflate (isal) or with zlib's (the fallback)."""
     if request.param == "zlib":
-        monkeypatch.setattr(_unpack_stream, "_inflater", _unpack_stream._zlib_inflater)
-    elif _unpack_stream._inflater is _unpack_stream._zlib_inflater:
+        monkeypatch.setattr(compression, "_inflater", compression._zlib_inflater)
+    elif compression._inflater is compression._zlib_inflater:
         pytest.skip("isal is not installed")
     return str(request.param)
 

@@ -12,20 +12,10 @@ from ._image import OpenedImage
 from ._layout import LayoutError
 from ._sync.proxy import Blob, ImageProxy, RawBlob
 from ._sync.pull import pull, stream_layers
-from ._unpack import unpack, unpack_async
-from ._unpack_stream import LayerStream, detect_compression, open_layer
-from ._unpack_tree import RootfsWriter
-from ._unpack_types import (
-    CompressionMismatchError,
-    LayerFormatError,
-    LayerResult,
-    LimitExceededError,
-    TarTrailerError,
-    UnpackError,
-    UnpackLimits,
-    UnpackResult,
-    UnsafeLayerError,
-)
+from ._unpack.compression import LayerStream, detect_compression, open_layer
+from ._unpack.pipeline import unpack, unpack_async
+from ._unpack.results import LayerResult, UnpackLimits, UnpackResult
+from ._unpack.writer import RootfsWriter
 from ._version import package_version as _package_version
 from .config import ImageProxyConfig
 from .errors import (
@@ -35,13 +25,16 @@ from .errors import (
     BusyError,
     CertificateError,
     ClosedError,
+    CompressionMismatchError,
     ConfigurationError,
     ImageNotFoundError,
     ImageProxyError,
     InvalidDigestError,
     InvalidDocumentError,
     InvalidReferenceError,
+    LayerFormatError,
     LayerUnavailableError,
+    LimitExceededError,
     PolicyNotEnforcedError,
     PolicyRejectedError,
     ProtocolError,
@@ -51,6 +44,9 @@ from .errors import (
     RequestError,
     SpawnError,
     StallTimeoutError,
+    TarTrailerError,
+    UnpackError,
+    UnsafeLayerError,
     UnsupportedOptionError,
     VerificationError,
 )

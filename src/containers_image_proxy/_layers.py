@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import msgspec
 
-from ._unpack_stream import detect_compression, media_type_compression
-from ._unpack_types import Compression
+from ._unpack.compression import detect_compression, media_type_compression
+from ._unpack.results import Compression
 from .errors import (
     ImageNotFoundError,
     InvalidDocumentError,

@@ -50,8 +50,8 @@ from ._layout import LayoutError
 from ._sync.proxy import ImageProxy
 from ._sync.pull import pull
 from ._tags import parse_destination
-from ._unpack import unpack
-from ._unpack_types import LayerResult
+from ._unpack.pipeline import unpack
+from ._unpack.results import LayerResult
 from ._version import VersionAction, package_version
 from .config import ImageProxyConfig, build_command
 from .errors import (

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .errors import (
+from ..errors import (
     CompressionMismatchError,
     LayerFormatError,
     LimitExceededError,
@@ -14,8 +14,8 @@ from .errors import (
     UnpackError,
     UnsafeLayerError,
 )
-from .events import BlobRetrying
-from .oci import Descriptor, Digest, ImageConfiguration
+from ..events import BlobRetrying
+from ..oci import Descriptor, Digest, ImageConfiguration
 
 __all__ = [
     "Compression",

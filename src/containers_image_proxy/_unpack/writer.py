@@ -32,19 +32,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Protocol, Self, cast, runtime_checkable
 
-from ._unpack_stream import check_tar_trailer
-from ._unpack_types import (
+from ..errors import ClosedError
+from ..oci import Descriptor, Digest
+from .compression import check_tar_trailer
+from .results import (
     LayerFormatError,
     LayerResult,
     LimitExceededError,
     UnpackLimits,
     UnsafeLayerError,
 )
-from .errors import ClosedError
-from .oci import Descriptor, Digest
 
 if TYPE_CHECKING:
-    from ._unpack_types import Compression
+    from .results import Compression
 
 __all__ = ["RootfsWriter", "discard_tree"]
 

@@ -14,21 +14,21 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Protocol, cast
 
-from ._image import OpenedImage
-from ._unpack_types import (
+from .._image import OpenedImage
+from ..errors import ImageProxyError, VerificationError
+from ..oci import Descriptor, Digest, Hasher, parse_digest
+from .results import (
     Compression,
     CompressionMismatchError,
     LayerFormatError,
     LimitExceededError,
     TarTrailerError,
 )
-from .errors import ImageProxyError, VerificationError
-from .oci import Descriptor, Digest, Hasher, parse_digest
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
-    from ._sync.proxy import ImageProxy
+    from .._sync.proxy import ImageProxy
 
 __all__ = [
     "LayerStream",

@@ -16,22 +16,22 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self, TypeVar
 
-from ._async.proxy import AsyncBlob, AsyncImageProxy
-from ._async.pull import layer_info as layer_info_async
-from ._async.retry import AsyncImageSource, AsyncResumingBlob
-from ._backends import run_in_thread_until_done
-from ._layers import fetch_plan, unavailable, with_compression
-from ._retry import RetryPolicy
-from ._sync.proxy import ImageProxy
-from ._sync.pull import layer_info
-from ._sync.retry import ImageSource, ResumingBlob, RetryCallback, retry_policy
-from ._unpack_stream import LayerStream, check_diff_id
-from ._unpack_tree import RootfsWriter, _Stopped, discard_tree
-from ._unpack_types import Compression, LayerResult, UnpackLimits, UnpackResult
-from .config import ImageProxyConfig
-from .errors import ImageNotFoundError, InvalidDocumentError
-from .events import BlobRetrying
-from .oci import ConvertedLayerInfo, Descriptor, Digest, Hasher, ImageConfiguration, ImageManifest
+from .._async.proxy import AsyncBlob, AsyncImageProxy
+from .._async.pull import layer_info as layer_info_async
+from .._async.retry import AsyncImageSource, AsyncResumingBlob
+from .._backends import run_in_thread_until_done
+from .._layers import fetch_plan, unavailable, with_compression
+from .._retry import RetryPolicy
+from .._sync.proxy import ImageProxy
+from .._sync.pull import layer_info
+from .._sync.retry import ImageSource, ResumingBlob, RetryCallback, retry_policy
+from ..config import ImageProxyConfig
+from ..errors import ImageNotFoundError, InvalidDocumentError
+from ..events import BlobRetrying
+from ..oci import ConvertedLayerInfo, Descriptor, Digest, Hasher, ImageConfiguration, ImageManifest
+from .compression import LayerStream, check_diff_id
+from .results import Compression, LayerResult, UnpackLimits, UnpackResult
+from .writer import RootfsWriter, _Stopped, discard_tree
 
 __all__ = ["unpack", "unpack_async"]
 
