@@ -84,7 +84,7 @@ from containers_image_proxy import (
     unpack_async,
 )
 from containers_image_proxy._unpack import compression, pipeline
-from containers_image_proxy._unpack.writer import _Info
+from containers_image_proxy._unpack.tar import LayerTarInfo as _Info
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -464,7 +464,7 @@ def test_pipeline_shares_the_hashing(monkeypatch: pytest.MonkeyPatch, slower: st
         data = blobs[str(descriptor.digest)]
         yield _SlowReader(data, 0.004) if slower == "reader" else io.BytesIO(data)
 
-    with pipeline._Reader(opener, layers, None) as reader:
+    with pipeline.LayerReader(opener, layers, None) as reader:
         for index, (tar, diff_id) in enumerate(zip(tars, diff_ids, strict=True)):
             stream = reader.layer(diff_id)
             pieces = []

@@ -12,9 +12,11 @@ from ._image import OpenedImage
 from ._layout import LayoutError
 from ._sync.proxy import Blob, ImageProxy, RawBlob
 from ._sync.pull import pull, stream_layers
-from ._unpack.compression import LayerStream, detect_compression, open_layer
-from ._unpack.pipeline import unpack, unpack_async
-from ._unpack.results import LayerResult, UnpackLimits, UnpackResult
+from ._unpack.compression import detect_compression
+from ._unpack.image import unpack, unpack_async
+from ._unpack.layer import LayerStream, open_layer
+from ._unpack.limits import UnpackLimits
+from ._unpack.results import LayerResult, UnpackResult
 from ._unpack.writer import RootfsWriter
 from ._version import package_version as _package_version
 from .config import ImageProxyConfig

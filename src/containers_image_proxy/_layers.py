@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import msgspec
 
-from ._unpack.compression import detect_compression, media_type_compression
-from ._unpack.results import Compression
+from ._unpack.compression import Compression, detect_compression, media_type_compression
 from .errors import (
     ImageNotFoundError,
     InvalidDocumentError,

@@ -50,7 +50,7 @@ from ._layout import LayoutError
 from ._sync.proxy import ImageProxy
 from ._sync.pull import pull
 from ._tags import parse_destination
-from ._unpack.pipeline import unpack
+from ._unpack.image import unpack
 from ._unpack.results import LayerResult
 from ._version import VersionAction, package_version
 from .config import ImageProxyConfig, build_command

@@ -29,7 +29,9 @@ from .errors import InvalidDigestError, InvalidDocumentError
 __all__ = [
     "DOCKER_CONFIG",
     "DOCKER_FOREIGN_LAYER",
+    "DOCKER_LAYER",
     "DOCKER_LAYER_GZIP",
+    "DOCKER_LAYER_ZSTD",
     "DOCKER_MANIFEST_LIST",
     "DOCKER_MANIFEST_V2",
     "EMPTY_JSON_DIGEST",
@@ -90,7 +92,9 @@ MEDIA_TYPE_EMPTY_JSON: Final = "application/vnd.oci.empty.v1+json"
 DOCKER_MANIFEST_V2: Final = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_MANIFEST_LIST: Final = "application/vnd.docker.distribution.manifest.list.v2+json"
 DOCKER_CONFIG: Final = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER: Final = "application/vnd.docker.image.rootfs.diff.tar"
 DOCKER_LAYER_GZIP: Final = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+DOCKER_LAYER_ZSTD: Final = "application/vnd.docker.image.rootfs.diff.tar.zstd"
 DOCKER_FOREIGN_LAYER: Final = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
 
 #: Media types of single-image manifests (OCI and Docker schema 2).
