@@ -12,7 +12,7 @@ import os
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from ..errors import LayerFormatError
 
@@ -24,6 +24,11 @@ _XATTR = "SCHILY.xattr."
 _XATTR_REFUSED = frozenset(
     {errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP, errno.E2BIG, errno.ERANGE}
 )
+
+
+#: The keyword arguments of the os calls that address a descriptor itself (a dict,
+#: which ``**`` unpacks fastest; never changed).
+_ITSELF: Final[dict[str, Any]] = {}
 
 
 @dataclass(slots=True)
@@ -87,10 +92,12 @@ class AttributeSetter:
             OSError: what the system refused, but for xattrs it cannot take.
         """
         target: int | str = fd
-        at: dict[str, Any] = {}
+        at = _ITSELF
+        within = _ITSELF
         if name is not None:
             target = name
             at = {"dir_fd": fd, "follow_symlinks": False}
+            within = {"dir_fd": fd}
         try:
             if self._owner:
                 os.chown(target, attrs.uid, attrs.gid, **at)
@@ -98,7 +105,7 @@ class AttributeSetter:
                 path = fd if name is None else f"/proc/self/fd/{fd}/{name}"
                 self._set_xattrs(path, attrs.xattrs, key)
             if chmod:
-                os.chmod(target, attrs.mode, dir_fd=at.get("dir_fd"))
+                os.chmod(target, attrs.mode, **within)  # a node: nothing to follow
             os.utime(target, ns=(attrs.atime_ns, attrs.mtime_ns), **at)
         except OverflowError:
             raise LayerFormatError(f"{key!r}: attributes out of range", entry=key) from None

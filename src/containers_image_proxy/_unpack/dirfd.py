@@ -22,7 +22,7 @@ from typing import TypeVar
 from .._fd import OwnedFd
 from ..errors import LayerFormatError, UnsafeLayerError
 from .attrs import Attributes
-from .limits import Budget
+from .limits import check_length
 
 __all__ = ["DIR_FLAGS", "DirTree", "discard_tree", "remove_under", "split_path"]
 
@@ -34,15 +34,16 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CACHE_SIZE = 128
 
 
-def split_path(name: str, budget: Budget, what: str = "entry") -> list[str]:
+def split_path(name: str, max_length: int, what: str = "entry") -> list[str]:
     """Split the tar path ``name`` into its components ("." and empty ones dropped).
 
     Raises:
-        LimitExceededError: a path longer than the limits allow.
+        LimitExceededError: a path longer than ``max_length`` bytes.
         LayerFormatError: a NUL byte in the path.
         UnsafeLayerError: a ``..`` component.
     """
-    budget.check_length(name, f"{what} path", name)
+    if len(name) * 4 > max_length:  # else short enough whatever its characters
+        check_length(name, max_length, f"{what} path", name)
     if "\0" in name:
         raise LayerFormatError(f"{what} path contains a NUL byte: {name!r}", entry=name)
     parts = [part for part in name.split("/") if part and part != "."]
@@ -265,14 +266,17 @@ class DirTree:
             self.remove_under(fd.fileno(), key)
         os.rmdir(name, dir_fd=parent)
 
-    def replace(self, parent: int, name: str, key: str, make: Callable[[], _T]) -> _T:
-        """Run ``make``, which creates ``name`` in ``parent``; when something is there
-        already, remove it (see :meth:`remove`) and run ``make`` again."""
+    def replace(
+        self, parent: int, name: str, key: str, make: Callable[..., _T], *args: object
+    ) -> _T:
+        """Return ``make(*args, dir_fd=parent)``, which creates ``name`` in ``parent``;
+        when something is there already, remove it (see :meth:`remove`) and call
+        ``make`` again."""
         try:
-            return make()
+            return make(*args, dir_fd=parent)
         except FileExistsError:
             self.remove(parent, name, key)
-            return make()
+            return make(*args, dir_fd=parent)
 
     def remove_under(self, directory: int, key: str, keep: Container[str] = ()) -> None:
         """Remove what ``directory`` (at ``key``) holds but ``keep`` (see :func:`remove_under`)."""

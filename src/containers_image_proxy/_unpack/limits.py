@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..errors import LimitExceededError
 
-__all__ = ["Budget", "UnpackLimits"]
+__all__ = ["Budget", "UnpackLimits", "check_length"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,18 +77,18 @@ class Budget:
                 f"more than {limit} tar entries", limit="max_entries", value=limit, entry=name
             )
 
-    def check_length(self, value: str, what: str, entry: str) -> None:
-        """Check that ``value`` (a path, a link target) fits ``max_path_length`` bytes.
 
-        Raises:
-            LimitExceededError: it does not.
-        """
-        limit = self.limits.max_path_length
-        if len(value) * 4 > limit and len(value.encode("utf-8", "surrogateescape")) > limit:
-            shown = f"{value[:80]!r}..." if len(value) > 80 else repr(value)
-            raise LimitExceededError(
-                f"{what} longer than {limit} bytes: {shown}",
-                limit="max_path_length",
-                value=limit,
-                entry=entry,
-            )
+def check_length(value: str, limit: int, what: str, entry: str) -> None:
+    """Check that ``value`` (a path, a link target) fits in ``limit`` bytes.
+
+    Raises:
+        LimitExceededError: it does not.
+    """
+    if len(value) * 4 > limit and len(value.encode("utf-8", "surrogateescape")) > limit:
+        shown = f"{value[:80]!r}..." if len(value) > 80 else repr(value)
+        raise LimitExceededError(
+            f"{what} longer than {limit} bytes: {shown}",
+            limit="max_path_length",
+            value=limit,
+            entry=entry,
+        )

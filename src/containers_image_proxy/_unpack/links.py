@@ -14,31 +14,31 @@ import tarfile
 from .._fd import OwnedFd
 from ..errors import LayerFormatError
 from .dirfd import DirTree, split_path
-from .limits import Budget
+from .limits import check_length
 
 __all__ = ["make_hardlink", "make_symlink"]
 
 
-def _check_target(member: tarfile.TarInfo, budget: Budget) -> None:
+def _check_target(member: tarfile.TarInfo, max_length: int) -> None:
     target = member.linkname
     if not target:
         raise LayerFormatError(f"{member.name!r}: a link with an empty target")
     if "\0" in target:
         raise LayerFormatError(f"{member.name!r}: a link target with a NUL byte")
-    budget.check_length(target, f"{member.name!r}: link target", member.name)
+    check_length(target, max_length, f"{member.name!r}: link target", member.name)
 
 
 def make_symlink(
-    tree: DirTree, budget: Budget, member: tarfile.TarInfo, parent: int, base: str, key: str
+    tree: DirTree, max_length: int, member: tarfile.TarInfo, parent: int, base: str, key: str
 ) -> None:
     """Make the symlink ``member`` as ``base`` in ``parent``, replacing what is there.
 
     Raises:
         LayerFormatError: an empty target, or one with a NUL byte.
-        LimitExceededError: a target longer than the limits allow.
+        LimitExceededError: a target longer than ``max_length`` bytes.
     """
-    _check_target(member, budget)
-    tree.replace(parent, base, key, lambda: os.symlink(member.linkname, base, dir_fd=parent))
+    _check_target(member, max_length)
+    tree.replace(parent, base, key, os.symlink, member.linkname, base)
 
 
 def _missing(member: tarfile.TarInfo) -> LayerFormatError:
@@ -48,18 +48,18 @@ def _missing(member: tarfile.TarInfo) -> LayerFormatError:
 
 
 def make_hardlink(
-    tree: DirTree, budget: Budget, member: tarfile.TarInfo, parts: list[str], key: str
+    tree: DirTree, max_length: int, member: tarfile.TarInfo, parts: list[str], key: str
 ) -> None:
     """Make the hardlink ``member`` at ``parts``, replacing what is there.
 
     Raises:
         LayerFormatError: a target that is missing, the root or a directory.
         UnsafeLayerError: a target reached through a symlink, or with ``..``.
-        LimitExceededError: a target longer than the limits allow.
+        LimitExceededError: a target longer than ``max_length`` bytes.
     """
     name = member.name
-    _check_target(member, budget)
-    target = split_path(member.linkname, budget, "hardlink target")
+    _check_target(member, max_length)
+    target = split_path(member.linkname, max_length, "hardlink target")
     if not target:
         raise LayerFormatError(f"{name!r}: a hardlink to the root", entry=name)
     if target == parts:

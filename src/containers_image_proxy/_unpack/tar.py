@@ -114,7 +114,7 @@ class LayerTarInfo(tarfile.TarInfo):
 
     def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
         # tarfile's hook for extended headers, whose data it reads into memory.
-        if isinstance(tar, LayerTar) and self.type in _EXTENDED and self.size > tar.max_header:
+        if self.type in _EXTENDED and isinstance(tar, LayerTar) and self.size > tar.max_header:
             raise LimitExceededError(
                 f"extended tar header of {self.size} bytes (limit {tar.max_header})",
                 limit="max_header_bytes",

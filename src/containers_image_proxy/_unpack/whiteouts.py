@@ -15,11 +15,12 @@ from .._fd import OwnedFd
 from ..errors import LayerFormatError, UnsafeLayerError
 from .dirfd import DIR_FLAGS, DirTree
 
-__all__ = ["Touched", "apply_whiteout", "is_whiteout"]
+__all__ = ["WHITEOUT", "Touched", "apply_whiteout", "is_whiteout"]
 
 _log = logging.getLogger("containers_image_proxy")
 
-_WHITEOUT = ".wh."
+#: The prefix of a whiteout's name.
+WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
 
 
@@ -51,9 +52,9 @@ def is_whiteout(parts: list[str], entry: str) -> bool:
         LayerFormatError: a whiteout is used as a directory (``.wh.x/y``).
     """
     for part in parts[:-1]:
-        if part.startswith(_WHITEOUT):
+        if part.startswith(WHITEOUT):
             raise LayerFormatError(f"{entry!r}: a whiteout used as a directory", entry=entry)
-    return bool(parts) and parts[-1].startswith(_WHITEOUT)
+    return bool(parts) and parts[-1].startswith(WHITEOUT)
 
 
 def apply_whiteout(tree: DirTree, touched: Touched, parts: list[str], entry: str) -> None:
@@ -70,10 +71,10 @@ def apply_whiteout(tree: DirTree, touched: Touched, parts: list[str], entry: str
         touched.mark(above)
         tree.remove_under(tree.parent(parts, entry), "/".join(above), touched)
         return
-    if base.startswith(_WHITEOUT + _WHITEOUT):
+    if base.startswith(WHITEOUT + WHITEOUT):
         _log.debug("unpack %s: ignoring whiteout metadata %r", tree.dest, entry)
         return
-    target = base[len(_WHITEOUT) :]
+    target = base[len(WHITEOUT) :]
     if not target:
         raise LayerFormatError(f"{entry!r}: a whiteout that names nothing", entry=entry)
     if target in (".", ".."):

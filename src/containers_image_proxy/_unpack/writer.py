@@ -24,9 +24,8 @@ import stat
 import tarfile
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self, cast, runtime_checkable
+from typing import NoReturn, Protocol, Self, cast, runtime_checkable
 
-from .._fd import OwnedFd
 from ..errors import ClosedError, LayerFormatError, UnsafeLayerError
 from ..oci import Descriptor, Digest
 from .attrs import Attributes, AttributeSetter, attributes
@@ -36,6 +35,7 @@ from .limits import Budget, UnpackLimits
 from .links import make_hardlink, make_symlink
 from .results import LayerResult
 from .tar import LayerTar, TarSource, open_tar
+from .whiteouts import WHITEOUT as _WHITEOUT
 from .whiteouts import Touched, apply_whiteout, is_whiteout
 
 __all__ = ["RootfsWriter"]
@@ -48,6 +48,15 @@ _NODES = {
     tarfile.CHRTYPE: ("character device", stat.S_IFCHR),
     tarfile.BLKTYPE: ("block device", stat.S_IFBLK),
 }
+
+
+def _entry_failed(exc: OSError, member: tarfile.TarInfo) -> NoReturn:
+    """Raise what the system refused for ``member``, as a layer error where the layer
+    is at fault (a name too long, too many links)."""
+    if exc.errno in (errno.ENAMETOOLONG, errno.EMLINK):
+        raise LayerFormatError(f"{member.name!r}: {exc.strerror}", entry=member.name) from None
+    exc.add_note(f"while applying the tar entry {member.name!r}")
+    raise exc
 
 
 @runtime_checkable
@@ -169,7 +178,10 @@ class RootfsWriter:
                 for member in tar.entries():
                     entries += 1
                     self._budget.count_entry(member.name)
-                    self._entry(tar, member)
+                    try:
+                        self._entry(tar, member)
+                    except OSError as exc:
+                        _entry_failed(exc, member)
         self._touched = Touched()
         if isinstance(stream, _Verifying):
             stream.finish()
@@ -180,20 +192,9 @@ class RootfsWriter:
         return LayerResult(descriptor, None, "none", entries, source.count)
 
     def _entry(self, tar: LayerTar, member: tarfile.TarInfo) -> None:
-        try:
-            self._apply_entry(tar, member)
-        except OSError as exc:
-            if exc.errno in (errno.ENAMETOOLONG, errno.EMLINK):
-                raise LayerFormatError(
-                    f"{member.name!r}: {exc.strerror}", entry=member.name
-                ) from None
-            exc.add_note(f"while applying the tar entry {member.name!r}")
-            raise
-
-    def _apply_entry(self, tar: LayerTar, member: tarfile.TarInfo) -> None:
         name = member.name
-        parts = split_path(name, self._budget)
-        if is_whiteout(parts, name):
+        parts = split_path(name, self.limits.max_path_length)
+        if _WHITEOUT in name and is_whiteout(parts, name):
             apply_whiteout(self._tree, self._touched, parts, name)
             return
         if not parts:
@@ -210,10 +211,10 @@ class RootfsWriter:
         elif member.isdir():
             self._directory(member, parent, base, key)
         elif member.issym():
-            make_symlink(self._tree, self._budget, member, parent, base, key)
+            make_symlink(self._tree, self.limits.max_path_length, member, parent, base, key)
             self._attrs.set(attributes(member), parent, base, key=key, chmod=False)
         elif member.islnk():
-            make_hardlink(self._tree, self._budget, member, parts, key)
+            make_hardlink(self._tree, self.limits.max_path_length, member, parts, key)
         elif member.type in _NODES:
             self._node(member, parent, base, key)
         else:
@@ -222,16 +223,16 @@ class RootfsWriter:
     def _file(
         self, tar: LayerTar, member: tarfile.TarInfo, parent: int, base: str, key: str
     ) -> None:
-        def create() -> int:
-            return os.open(base, _FILE_FLAGS, 0o600, dir_fd=parent)
-
-        with OwnedFd(self._tree.replace(parent, base, key, create)) as owned:
-            fd = owned.fileno()
+        # The hot path: a plain number, closed below, costs less than an OwnedFd.
+        fd = self._tree.replace(parent, base, key, os.open, base, _FILE_FLAGS, 0o600)
+        try:
             if member.issparse():
                 self._copy_sparse(tar, member, fd)
             elif member.size and tar.source.copy_to(fd, member.size) != member.size:
                 raise LayerFormatError(f"{member.name!r}: the tar ends inside the file")
             self._attrs.set(attributes(member), fd, None, key=key)
+        finally:
+            os.close(fd)
 
     def _copy_sparse(self, tar: LayerTar, member: tarfile.TarInfo, fd: int) -> None:
         sparse = cast("list[tuple[int, int]]", member.sparse or [])
@@ -262,9 +263,7 @@ class RootfsWriter:
             self._warn(f"{member.name!r}: skipped a {kind} (not running as root)")
             return
         device = os.makedev(member.devmajor, member.devminor) if make != stat.S_IFIFO else 0
-        self._tree.replace(
-            parent, base, key, lambda: os.mknod(base, 0o600 | make, device, dir_fd=parent)
-        )
+        self._tree.replace(parent, base, key, os.mknod, base, 0o600 | make, device)
         self._attrs.set(attributes(member), parent, base, key=key)
 
     def _set_directory(self, fd: int, key: str, attrs: Attributes) -> None:
