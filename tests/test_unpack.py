@@ -322,6 +322,26 @@ async def test_unpack_async_cancelled(skopeo: str, tmp_path: Path) -> None:
         assert not _reader_threads()
 
 
+async def test_unpack_async_progress_runs_on_the_loop(skopeo: str, tmp_path: Path) -> None:
+    """With a proxy, progress is called on the event loop's thread, layer by layer;
+    what it raises stops the unpack and empties the destination."""
+    image = build(tmp_path / "img", layer(file("a")), layer(file("b")), layer(file("c")))
+    threads: list[threading.Thread] = []
+
+    def progress(result: LayerResult) -> None:
+        threads.append(threading.current_thread())
+        if len(threads) == 2:
+            raise RuntimeError("enough")
+
+    async with AsyncImageProxy() as proxy:
+        with pytest.raises(RuntimeError, match="enough"):
+            await unpack_async(image.ref, tmp_path / "dest", proxy=proxy, progress=progress)
+        assert proxy.protocol_version  # still usable
+    assert threads == [threading.main_thread()] * 2
+    assert not (tmp_path / "dest").exists()
+    assert not _reader_threads()
+
+
 async def test_unpack_async_errors_clean_up(skopeo: str, tmp_path: Path) -> None:
     image = build(tmp_path / "img", layer(file("ok"), file("../escape")))
     corrupt = build(
