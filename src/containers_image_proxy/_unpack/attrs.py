@@ -68,7 +68,7 @@ def attributes(member: tarfile.TarInfo) -> Attributes:
 
 
 class AttributeSetter:
-    """Sets owner (unless ``owner`` is false: rootless), xattrs, mode and times.
+    """The one setter of owner (unless ``owner`` is false: rootless), xattrs, mode and times.
 
     An xattr the filesystem or the user cannot set is skipped, with a message to
     ``warn``; any other failure raises.

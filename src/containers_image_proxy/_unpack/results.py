@@ -47,10 +47,10 @@ class UnpackResult:
 
     @property
     def entries(self) -> int:
-        """Tar entries read over all layers."""
+        """Return the tar entries read over all layers."""
         return sum(layer.entries for layer in self.layers)
 
     @property
     def bytes(self) -> int:
-        """Decompressed bytes read over all layers."""
+        """Return the decompressed bytes read over all layers."""
         return sum(layer.bytes for layer in self.layers)
