@@ -16,7 +16,6 @@ import functools
 import os
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from .._async.proxy import AsyncBlob, AsyncImageProxy
@@ -110,15 +109,24 @@ class _Opened:
             raise unavailable(self.reference, descriptor, exc, self.version, self.has_info) from exc
 
 
-@dataclass(frozen=True, slots=True)
 class _Image:
     """What the flow needs from the source: the documents, and the layers to fetch."""
 
-    reference: str
-    digest: Digest
-    config: ImageConfiguration
-    layers: list[_Layer]
-    opened: _Opened
+    __slots__ = ("config", "digest", "layers", "opened", "reference")
+
+    def __init__(
+        self,
+        reference: str,
+        digest: Digest,
+        config: ImageConfiguration,
+        layers: list[_Layer],
+        opened: _Opened,
+    ) -> None:
+        self.reference = reference
+        self.digest = digest
+        self.config = config
+        self.layers = layers
+        self.opened = opened
 
     @classmethod
     def of(
