@@ -198,36 +198,38 @@ class DirTree:
                 break
             start -= 1
         for index in range(start, len(parts)):
-            fd = self._open_child(fd, parts, index, create, entry)
+            try:
+                fd = os.open(parts[index], DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                fd = self._open_missing(fd, parts, index, create, entry, exc)
             self._cache["/".join(parts[: index + 1])] = OwnedFd(fd)
             if len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)[1].close()
         return fd
 
-    def _open_child(self, fd: int, parts: list[str], index: int, create: bool, entry: str) -> int:
+    def _open_missing(
+        self, fd: int, parts: list[str], index: int, create: bool, entry: str, exc: OSError
+    ) -> int:
+        """Handle the failure ``exc`` to open ``parts[index]`` in ``fd``: make the
+        directory, or raise what it means."""
         name = parts[index]
-        try:
-            return os.open(name, DIR_FLAGS, dir_fd=fd)
-        except FileNotFoundError:
-            if not create:
-                raise
-        except OSError as exc:
-            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                raise
-            where = "/".join(parts[: index + 1])
-            mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
-            if stat.S_ISLNK(mode):
-                raise UnsafeLayerError(
-                    f"{entry!r} goes through the symlink {where!r}", entry=entry
-                ) from None
-            raise NotADirectoryError(errno.ENOTDIR, "not a directory", where) from None
-        try:
-            os.mkdir(name, 0o755, dir_fd=fd)
-        except FileExistsError:
-            pass
-        child = os.open(name, DIR_FLAGS, dir_fd=fd)
-        os.fchmod(child, 0o755)  # an implied directory: 0755 whatever the umask
-        return child
+        if isinstance(exc, FileNotFoundError) and create:
+            try:
+                os.mkdir(name, 0o755, dir_fd=fd)
+            except FileExistsError:
+                pass
+            child = os.open(name, DIR_FLAGS, dir_fd=fd)
+            os.fchmod(child, 0o755)  # an implied directory: 0755 whatever the umask
+            return child
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise exc
+        where = "/".join(parts[: index + 1])
+        mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
+        if stat.S_ISLNK(mode):
+            raise UnsafeLayerError(
+                f"{entry!r} goes through the symlink {where!r}", entry=entry
+            ) from None
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", where) from None
 
     def parent(self, parts: list[str], entry: str) -> int:
         """Return the directory that holds ``parts``, made if missing.
