@@ -23,7 +23,6 @@ import os
 import stat
 import tarfile
 from pathlib import Path
-from types import TracebackType
 from typing import NoReturn, Protocol, Self, cast, runtime_checkable
 
 from ..errors import ClosedError, LayerFormatError, UnsafeLayerError
@@ -120,12 +119,7 @@ class RootfsWriter:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_rest: object) -> None:
         if exc_type is None:
             self.close()
         else:
