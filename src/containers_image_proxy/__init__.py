@@ -13,20 +13,12 @@ from ._image import OpenedImage
 from ._sync.blob import Blob, RawBlob
 from ._sync.proxy import ImageProxy
 from ._sync.pull import pull, stream_layers
-from ._unpack import unpack, unpack_async
-from ._unpack_stream import LayerStream, detect_compression, open_layer
-from ._unpack_tree import RootfsWriter
-from ._unpack_types import (
-    CompressionMismatchError,
-    LayerFormatError,
-    LayerResult,
-    LimitExceededError,
-    TarTrailerError,
-    UnpackError,
-    UnpackLimits,
-    UnpackResult,
-    UnsafeLayerError,
-)
+from ._unpack.compression import detect_compression
+from ._unpack.image import unpack, unpack_async
+from ._unpack.layer import LayerStream, open_layer
+from ._unpack.limits import UnpackLimits
+from ._unpack.results import LayerResult, UnpackResult
+from ._unpack.writer import RootfsWriter
 from ._version import package_version as _package_version
 from .config import ImageProxyConfig
 from .errors import (
@@ -36,14 +28,17 @@ from .errors import (
     BusyError,
     CertificateError,
     ClosedError,
+    CompressionMismatchError,
     ConfigurationError,
     ImageNotFoundError,
     ImageProxyError,
     InvalidDigestError,
     InvalidDocumentError,
     InvalidReferenceError,
+    LayerFormatError,
     LayerUnavailableError,
     LayoutError,
+    LimitExceededError,
     PolicyNotEnforcedError,
     PolicyRejectedError,
     ProtocolError,
@@ -53,6 +48,9 @@ from .errors import (
     RequestError,
     SpawnError,
     StallTimeoutError,
+    TarTrailerError,
+    UnpackError,
+    UnsafeLayerError,
     UnsupportedOptionError,
     VerificationError,
 )

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import msgspec
 
-from ._unpack_stream import detect_compression, media_type_compression
-from ._unpack_types import Compression
+from ._unpack.compression import Compression, detect_compression, media_type_compression
 from .errors import (
     ImageNotFoundError,
     InvalidDocumentError,

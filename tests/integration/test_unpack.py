@@ -52,14 +52,13 @@ from containers_image_proxy import (
     UnpackLimits,
     UnsafeLayerError,
     VerificationError,
-    _unpack,
-    _unpack_stream,
     detect_compression,
     open_layer,
     unpack,
     unpack_async,
 )
-from containers_image_proxy._unpack_tree import _Info
+from containers_image_proxy._unpack import compression, pipeline
+from containers_image_proxy._unpack.tar import LayerTarInfo as _Info
 from tests.support.hostile_layers import (
     Entry,
     TarLayer,
@@ -324,6 +323,26 @@ async def test_unpack_async_cancelled(skopeo: str, tmp_path: Path) -> None:
         assert not _reader_threads()
 
 
+async def test_unpack_async_progress_runs_on_the_loop(skopeo: str, tmp_path: Path) -> None:
+    """With a proxy, progress is called on the event loop's thread, layer by layer;
+    what it raises stops the unpack and empties the destination."""
+    image = build(tmp_path / "img", layer(file("a")), layer(file("b")), layer(file("c")))
+    threads: list[threading.Thread] = []
+
+    def progress(result: LayerResult) -> None:
+        threads.append(threading.current_thread())
+        if len(threads) == 2:
+            raise RuntimeError("enough")
+
+    async with AsyncImageProxy() as proxy:
+        with pytest.raises(RuntimeError, match="enough"):
+            await unpack_async(image.ref, tmp_path / "dest", proxy=proxy, progress=progress)
+        assert proxy.protocol_version  # still usable
+    assert threads == [threading.main_thread()] * 2
+    assert not (tmp_path / "dest").exists()
+    assert not _reader_threads()
+
+
 async def test_unpack_async_errors_clean_up(skopeo: str, tmp_path: Path) -> None:
     image = build(tmp_path / "img", layer(file("ok"), file("../escape")))
     corrupt = build(
@@ -442,7 +461,7 @@ class _SlowReader:
 def test_pipeline_shares_the_hashing(monkeypatch: pytest.MonkeyPatch, slower: str) -> None:
     """Every chunk is hashed once, in order, by the thread that would otherwise wait;
     a corrupt layer fails at its end either way."""
-    monkeypatch.setattr(_unpack, "_AHEAD", 256 << 10)
+    monkeypatch.setattr(pipeline, "_AHEAD", 256 << 10)
     tars = [tar_bytes([file("f", hashlib.shake_256(b"%d" % n).digest(3 << 20))]) for n in range(3)]
     blobs = {sha256(tar): tar for tar in tars}
     diff_ids = [Digest(sha256(tar)) for tar in tars]
@@ -452,22 +471,22 @@ def test_pipeline_shares_the_hashing(monkeypatch: pytest.MonkeyPatch, slower: st
         for tar, diff_id in zip(tars, diff_ids, strict=True)
     ]
     hashed_by: list[str] = []
-    hash_one = _unpack._Chunks._hash_one
+    hash_one = pipeline._Chunks._hash_one
 
-    def recording(chunks: _unpack._Chunks) -> bool:
+    def recording(chunks: pipeline._Chunks) -> bool:
         done = hash_one(chunks)
         if done:
             hashed_by.append(threading.current_thread().name)
         return done
 
-    monkeypatch.setattr(_unpack._Chunks, "_hash_one", recording)
+    monkeypatch.setattr(pipeline._Chunks, "_hash_one", recording)
 
     @contextlib.contextmanager
     def opener(descriptor: Descriptor) -> Iterator[_SlowReader | io.BytesIO]:
         data = blobs[str(descriptor.digest)]
         yield _SlowReader(data, 0.004) if slower == "reader" else io.BytesIO(data)
 
-    with _unpack._Reader(opener, layers, None) as reader:
+    with pipeline.LayerReader(opener, layers, None) as reader:
         for index, (tar, diff_id) in enumerate(zip(tars, diff_ids, strict=True)):
             stream = reader.layer(diff_id)
             pieces = []
@@ -581,8 +600,8 @@ def test_detect_compression(media_type: str, blob: bytes, expected: object) -> N
 def inflater(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Gzip layers read with ISA-L's inflate (isal) or with zlib's (the fallback)."""
     if request.param == "zlib":
-        monkeypatch.setattr(_unpack_stream, "_inflater", _unpack_stream._zlib_inflater)
-    elif _unpack_stream._inflater is _unpack_stream._zlib_inflater:
+        monkeypatch.setattr(compression, "_inflater", compression._zlib_inflater)
+    elif compression._inflater is compression._zlib_inflater:
         pytest.skip("isal is not installed")
     return str(request.param)
 
