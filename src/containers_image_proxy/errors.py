@@ -226,7 +226,7 @@ class ProxyExitedError(ImageProxyError):
 
     def __init__(self, method: str | None, returncode: int | None, stderr: str) -> None:
         during = f" during {method}" if method else ""
-        status = _describe_status(returncode)
+        status = describe_status(returncode)
         text = f"skopeo proxy exited unexpectedly{during} ({status})"
         tail = stderr.strip()
         if tail:
@@ -242,7 +242,7 @@ class ProxyFailedError(ProxyExitedError):
 
     def __init__(self, returncode: int | None, stderr: str) -> None:
         super().__init__(None, returncode, stderr)
-        status = _describe_status(returncode)
+        status = describe_status(returncode)
         tail = stderr.strip()
         self.args = (f"skopeo proxy failed ({status})" + (f": {tail}" if tail else ""),)
 
@@ -336,7 +336,8 @@ class LimitExceededError(UnpackError):
         self.value = value
 
 
-def _describe_status(returncode: int | None) -> str:
+def describe_status(returncode: int | None) -> str:
+    """Say in words how a process ended: its exit status, or the signal that killed it."""
     if returncode is None:
         return "exit status unknown"
     if returncode < 0:

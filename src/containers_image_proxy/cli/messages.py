@@ -35,6 +35,7 @@ from ..errors import (
     UnpackError,
     UnsupportedOptionError,
     VerificationError,
+    describe_status,
 )
 from .options import PASSWORD_ENV
 from .status import CliError
@@ -220,16 +221,16 @@ def _exited(exc: ProxyExitedError, context: ErrorContext) -> str:
     tail = " ".join(exc.stderr.split())
     said = f": {tail}" if tail else ""
     if isinstance(exc, ProxyFailedError):
-        return f"{context.skopeo} failed as it stopped ({_status(exc.returncode)}){said}"
+        return f"{context.skopeo} failed as it stopped ({describe_status(exc.returncode)}){said}"
     if exc.method == "Initialize":
         return (
             f"{context.skopeo} exited before its image proxy started"
-            f" ({_status(exc.returncode)}){said}. Is it skopeo, with its"
+            f" ({describe_status(exc.returncode)}){said}. Is it skopeo, with its"
             " experimental-image-proxy command? --skopeo PATH names another"
         )
     return _subject(
         context,
-        f"{context.skopeo} stopped unexpectedly ({_status(exc.returncode)}){said}",
+        f"{context.skopeo} stopped unexpectedly ({describe_status(exc.returncode)}){said}",
     )
 
 
@@ -238,14 +239,6 @@ def _protocol(exc: ProtocolError, context: ErrorContext) -> str:
         f"{context.skopeo}'s image proxy sent something this program cannot read;"
         " --debug shows what it was"
     )
-
-
-def _status(returncode: int | None) -> str:
-    if returncode is None:
-        return "exit status unknown"
-    if returncode < 0:
-        return f"killed by signal {-returncode}"
-    return f"exit status {returncode}"
 
 
 def _os_error(exc: OSError, context: ErrorContext) -> str:
