@@ -12,7 +12,7 @@ copy) into the public API.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, BinaryIO, Self
 
 from .. import _protocol as proto
@@ -71,18 +71,9 @@ class BlobStream(StreamBase):
         with contextlib.suppress(OSError):
             close_all(self._pipes)
 
-    @contextlib.contextmanager
-    def _reading(self) -> Iterator[None]:
+    def _reading(self) -> _Reading:
         """Hold the stream for one read; refuse a closed stream, or a second reader."""
-        if self._closed:
-            raise ClosedError(f"blob {self.digest} is closed")
-        if self._busy:
-            raise BusyError(f"blob {self.digest} is already being read by someone else")
-        self._busy = True
-        try:
-            yield
-        finally:
-            self._busy = False
+        return _Reading(self)
 
     def readinto(self, buffer: WriteableBuffer, /) -> int:
         """Read into ``buffer``; 0 at the end (or when ``buffer`` is empty).
@@ -266,3 +257,23 @@ class BlobStream(StreamBase):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class _Reading:
+    """The context of one read of a stream (a class: a generator costs more per read)."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: BlobStream) -> None:
+        self._stream = stream
+
+    def __enter__(self) -> None:
+        stream = self._stream
+        if stream._closed:
+            raise ClosedError(f"blob {stream.digest} is closed")
+        if stream._busy:
+            raise BusyError(f"blob {stream.digest} is already being read by someone else")
+        stream._busy = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stream._busy = False
