@@ -245,7 +245,7 @@ class AsyncBackend:
             if timeout is not None and timeout < sleep:
                 sleep = timeout
             poller.register(selector, _POLLIN)
-            started = time.monotonic()
+            started = 0.0 if timeout is None else time.monotonic()
             ready = _which(poller.poll(sleep * 1000), fd, also)
             if ready:
                 return ready

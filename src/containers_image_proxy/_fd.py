@@ -83,8 +83,9 @@ class OwnedFd:
 
     def __del__(self) -> None:
         # A descriptor dropped without close() must not leak.
-        with contextlib.suppress(OSError):
-            self.close()
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                self.close()
 
     def __repr__(self) -> str:
         return f"OwnedFd({'closed' if self._fd is None else self._fd})"

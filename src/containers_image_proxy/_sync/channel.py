@@ -91,10 +91,12 @@ class SyncChannelLock:
 
     def acquire(self, holder: str = "") -> None:
         """Take the lock for ``holder`` (a blob, named in :class:`BusyError`), waiting."""
-        owner = Backend.current_owner()
-        self._check(owner)
+        # Who holds the lock matters only while a blob does: only then is it asked.
+        if self._holder:
+            self._check(Backend.current_owner())
         self._lock.acquire()
-        self._owner, self._holder = owner, holder
+        self._owner = Backend.current_owner() if holder else None
+        self._holder = holder
 
     def try_acquire(self, holder: str = "") -> bool:
         """Take the lock if it is free, without waiting; whether it was taken."""
