@@ -3,6 +3,7 @@
     python bench/run.py                 # default sizes, a few minutes on 2 cores
     python bench/run.py --smoke         # tiny sizes, seconds: checks that the suite works
     python bench/run.py --blob-mib 256 --layers 4 --layer-mib 32 --repeat 5
+    python bench/run.py --only round-trips,gather   # some cases; results to a temporary directory
 
 Prints a table of ratios (case, ours, alternative, ratio, goal, met) and writes the
 results as JSON and a PNG chart to bench/results/ (to a temporary directory with
@@ -52,6 +53,8 @@ from tests.support.relay import Relay
 
 HERE = Path(__file__).resolve().parent
 MiB = 1 << 20
+#: The cases ``--only`` can name, in the order they run (case numbers 1 to 6).
+CASES = ("stream", "round-trips", "pull", "real-pull", "memory", "startup", "gather")
 
 
 # --------------------------------------------------------------------------- images
@@ -712,34 +715,58 @@ def main() -> int:
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs per variant (best is kept)")
     parser.add_argument("--out", type=Path, default=None, help="where JSON and PNG go")
+    parser.add_argument(
+        "--only",
+        type=lambda text: text.split(","),
+        default=list(CASES),
+        help=f"run only these cases (comma-separated, of: {','.join(CASES)}); the results then"
+        " go to a temporary directory unless --out is given",
+    )
     args = parser.parse_args()
+    unknown = set(args.only) - set(CASES)
+    if unknown:
+        parser.error(f"unknown case(s) in --only: {', '.join(sorted(unknown))}")
+    partial = set(args.only) != set(CASES)
     if args.smoke:
         args.blob_mib, args.calls, args.layers, args.layer_mib = 4, 50, 2, 1
         args.cycles, args.repeat, args.bandwidth_mib, args.latency_ms = 2, 1, 64, 1
         args.gather_mib = 1
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cip-bench-", dir=HERE)))
-        out = args.out or (work / "results" if args.smoke else HERE / "results")
+        out = args.out or (work / "results" if args.smoke or partial else HERE / "results")
         out.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
-        big = build_layout(work / "big", [args.blob_mib * MiB])
-        layered = build_layout(work / "layered", [args.layer_mib * MiB] * args.layers, seed=1)
+        only = set(args.only)
+        big = (
+            build_layout(work / "big", [args.blob_mib * MiB]) if only & {"stream", "memory"} else {}
+        )
+        layered = (
+            build_layout(work / "layered", [args.layer_mib * MiB] * args.layers, seed=1)
+            if only & {"round-trips", "pull", "memory"}
+            else {}
+        )
         rows: list[Row] = []
-        rows += case_stream(big, args.repeat)
-        rows += case_round_trips(layered, args.calls, args.repeat)
-        rows += case_pull(layered, work, args.bandwidth_mib * MiB, args.latency_ms / 1000)
-        if not args.no_real:
+        if "stream" in only:
+            rows += case_stream(big, args.repeat)
+        if "round-trips" in only:
+            rows += case_round_trips(layered, args.calls, args.repeat)
+        if "pull" in only:
+            rows += case_pull(layered, work, args.bandwidth_mib * MiB, args.latency_ms / 1000)
+        if "real-pull" in only and not args.no_real:
             real = smoke_image(work) if args.smoke else real_image(log=_stderr)
             rows += case_real_pull(real, work, args.repeat)
-        rows += case_memory(big, layered, work)
-        rows += case_startup(args.cycles)
-        gather = build_layout(work / "gather", [args.gather_mib * MiB] * 4, seed=2)
-        rows += case_gather(gather, "skopeo", _skopeo_version(), args.repeat)
-        upstream = os.environ.get("CIP_TEST_SKOPEO_UPSTREAM")
-        if upstream:
-            rows += case_gather(gather, upstream, _skopeo_version(upstream), args.repeat)
-        else:
-            print("CIP_TEST_SKOPEO_UPSTREAM is not set: case 6 runs on one skopeo only")
+        if "memory" in only:
+            rows += case_memory(big, layered, work)
+        if "startup" in only:
+            rows += case_startup(args.cycles)
+        if "gather" in only:
+            gather = build_layout(work / "gather", [args.gather_mib * MiB] * 4, seed=2)
+            rows += case_gather(gather, "skopeo", _skopeo_version(), args.repeat)
+            upstream = os.environ.get("CIP_TEST_SKOPEO_UPSTREAM")
+            if upstream:
+                rows += case_gather(gather, upstream, _skopeo_version(upstream), args.repeat)
+            else:
+                print("CIP_TEST_SKOPEO_UPSTREAM is not set: case 6 runs on one skopeo only")
         elapsed = time.monotonic() - started
         text = table(rows)
         print(text)
@@ -759,7 +786,7 @@ def main() -> int:
         (out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
         draw(out)
         print(f"wrote {out / 'results.json'} and {out / 'results.png'}")
-        if not args.smoke and args.out is None:
+        if not args.smoke and not partial and args.out is None:
             write_report(result)
         return 0
 

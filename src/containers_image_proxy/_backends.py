@@ -5,10 +5,21 @@
 the same names and meaning but block the calling thread. The functions outside
 the two classes serve both (:func:`poll_readable` also serves the asyncio code's
 worker threads).
+
+Waiting is where the asyncio client loses to the blocking one: each trip through
+the event loop (a future, a reader added and removed, the loop's own poll) costs
+more than the request it waits for. So :meth:`AsyncBackend.wait_readable` first
+asks whether the descriptor is ready already, and, when the loop has nothing else
+to run, sleeps in ``poll(2)`` itself on the descriptor *and* the loop's selector:
+anything the loop would have woken for (another descriptor, a thread's
+``call_soon_threadsafe``, a signal) ends that sleep at once and the wait goes on
+through the loop, and so does a timer coming due. A request then costs about what
+it costs the blocking client.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import concurrent.futures
 import io
@@ -16,6 +27,7 @@ import select
 import socket
 import threading
 import time
+from asyncio.selector_events import BaseSelectorEventLoop
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, Union
 
@@ -29,8 +41,20 @@ AsyncResult = Awaitable[_T]
 #: What the same callable returns in the blocking code: the value itself.
 SyncResult = Union[_T]  # noqa: UP007 (a generic alias of the bare type)
 
-_RECV_FLAGS = socket.MSG_CMSG_CLOEXEC
-_TRUNCATED = socket.MSG_TRUNC | socket.MSG_CTRUNC
+# Plain ints: flag enums cost microseconds per operation on the hot path.
+_RECV_FLAGS = int(socket.MSG_CMSG_CLOEXEC)
+_TRUNCATED = int(socket.MSG_TRUNC | socket.MSG_CTRUNC)
+_ANCILLARY = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
+_FDS = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
+_POLLIN = select.POLLIN
+
+#: What :meth:`SyncBackend.wait_readable` (or its asyncio twin) returns when the
+#: descriptor is readable, ...
+READY = 1
+#: ... when the other descriptor (``also``) is; 0 means that the timeout passed.
+ALSO_READY = 2
+#: Longest sleep of an asyncio wait inside ``poll(2)`` before it goes through the loop.
+_SHARED_SLEEP = 0.05
 
 
 #: One packet from the proxy: its bytes, the descriptors it carried, whether it was cut.
@@ -38,17 +62,68 @@ Packet = tuple[bytes, list[OwnedFd], bool]
 
 
 def _recv_now(sock: socket.socket) -> Packet:
-    data, fds, flags, _ = socket.recv_fds(sock, MAX_MSG_SIZE + 1, MAX_FDS, _RECV_FLAGS)
-    return data, [OwnedFd(fd) for fd in fds], bool(flags & _TRUNCATED)
+    data, ancillary, flags, _ = sock.recvmsg(MAX_MSG_SIZE + 1, _ANCILLARY, _RECV_FLAGS)
+    numbers = array.array("i")
+    for level, kind, payload in ancillary:
+        if (level, kind) == _FDS:
+            numbers.frombytes(payload[: len(payload) - len(payload) % numbers.itemsize])
+    return data, [OwnedFd(fd) for fd in numbers], bool(flags & _TRUNCATED)
 
 
-def poll_readable(fd: int, timeout: float | None, also: int | None = None) -> bool:
-    """Block until ``fd`` (or ``also``) is readable or ``timeout`` passes; False on timeout."""
+def _which(events: list[tuple[int, int]], fd: int, also: int | None) -> int:
+    """Turn poll(2)'s events into :data:`READY` and :data:`ALSO_READY` bits."""
+    ready = 0
+    for number, _ in events:
+        if number == fd:
+            ready |= READY
+        elif number == also:
+            ready |= ALSO_READY
+    return ready
+
+
+def _poller(fd: int, also: int | None) -> select.poll:
     poller = select.poll()
-    poller.register(fd, select.POLLIN)
+    poller.register(fd, _POLLIN)
     if also is not None:
-        poller.register(also, select.POLLIN)
-    return bool(poller.poll(None if timeout is None else timeout * 1000))
+        poller.register(also, _POLLIN)
+    return poller
+
+
+def poll_readable(fd: int, timeout: float | None, also: int | None = None) -> int:
+    """Block until ``fd`` (or ``also``) is readable or ``timeout`` passes.
+
+    Returns :data:`READY` and/or :data:`ALSO_READY` for the descriptors that are
+    readable (or at their end), 0 when the timeout passed.
+    """
+    events = _poller(fd, also).poll(None if timeout is None else timeout * 1000)
+    return _which(events, fd, also)
+
+
+def _idle_loop(loop: asyncio.AbstractEventLoop) -> tuple[int, float]:
+    """The loop's selector and how long the loop would sleep now, if it has nothing to do.
+
+    ``(-1, 0.0)`` when it has callbacks to run or a timer due, is stopping, or is
+    not a selector loop whose selector can be polled (then nobody sleeps for it).
+    """
+    if not isinstance(loop, BaseSelectorEventLoop):
+        return -1, 0.0
+    try:
+        if loop._ready or loop._stopping:  # type: ignore[attr-defined]
+            return -1, 0.0
+        sleep = _SHARED_SLEEP
+        timers = loop._scheduled  # type: ignore[attr-defined]
+        if timers:
+            sleep = min(sleep, timers[0].when() - loop.time())
+            if sleep <= 0:
+                return -1, 0.0
+        return loop._selector.fileno(), sleep  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return -1, 0.0
+
+
+def _resolve(waiter: asyncio.Future[int], value: int) -> None:
+    if not waiter.done():
+        waiter.set_result(value)
 
 
 class SyncBackend:
@@ -57,8 +132,11 @@ class SyncBackend:
     Lock = threading.Lock
 
     @staticmethod
-    def wait_readable(fd: int, timeout: float | None, also: int | None = None) -> bool:
-        """Block until ``fd`` (or ``also``) is readable or ``timeout`` passes; False on timeout."""
+    def wait_readable(fd: int, timeout: float | None, also: int | None = None) -> int:
+        """Block until ``fd`` (or ``also``) is readable or ``timeout`` passes.
+
+        Returns :data:`READY` and/or :data:`ALSO_READY`, or 0 when the timeout passed.
+        """
         return poll_readable(fd, timeout, also)
 
     @staticmethod
@@ -72,6 +150,11 @@ class SyncBackend:
         # The socket stays in blocking mode: no mode switch on the hot path.
         if timeout is not None and not poll_readable(sock.fileno(), timeout):
             return None
+        return _recv_now(sock)
+
+    @staticmethod
+    def recv_now(sock: socket.socket) -> Packet | None:
+        """Receive one packet from a socket that a wait found readable."""
         return _recv_now(sock)
 
     @staticmethod
@@ -143,46 +226,73 @@ class AsyncBackend:
     Lock = asyncio.Lock
 
     @staticmethod
-    async def wait_readable(fd: int, timeout: float | None, also: int | None = None) -> bool:
-        """Wait until ``fd`` (or ``also``) is readable or ``timeout`` passes; False on timeout."""
+    async def wait_readable(fd: int, timeout: float | None, also: int | None = None) -> int:
+        """Wait until ``fd`` (or ``also``) is readable or ``timeout`` passes.
+
+        Returns :data:`READY` and/or :data:`ALSO_READY`, or 0 when the timeout passed.
+        Readiness already there is seen without a trip through the loop; while the
+        loop has nothing else to do, the wait sleeps in poll(2) together with the
+        loop's selector (see the module's docstring).
+        """
         loop = asyncio.get_running_loop()
-        ready = loop.create_future()
-
-        def wake() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        loop.add_reader(fd, wake)
+        poller = _poller(fd, also)
+        selector, sleep = _idle_loop(loop)
+        if selector < 0:
+            ready = _which(poller.poll(0), fd, also)
+            if ready:
+                return ready
+        else:
+            if timeout is not None and timeout < sleep:
+                sleep = timeout
+            poller.register(selector, _POLLIN)
+            started = 0.0 if timeout is None else time.monotonic()
+            ready = _which(poller.poll(sleep * 1000), fd, also)
+            if ready:
+                return ready
+            if timeout is not None:
+                timeout -= time.monotonic() - started
+                if timeout <= 0:
+                    return 0
+        waiter: asyncio.Future[int] = loop.create_future()
+        loop.add_reader(fd, _resolve, waiter, READY)
         if also is not None:
-            loop.add_reader(also, wake)
+            loop.add_reader(also, _resolve, waiter, ALSO_READY)
+        timer = None if timeout is None else loop.call_later(timeout, _resolve, waiter, 0)
         try:
-            if timeout is None:
-                await ready
-            else:
-                await asyncio.wait_for(ready, timeout)
-        except TimeoutError:
-            return False
+            return await waiter
         finally:
             loop.remove_reader(fd)
             if also is not None:
                 loop.remove_reader(also)
-        return True
+            if timer is not None:
+                timer.cancel()
 
     @staticmethod
     async def send(sock: socket.socket, data: bytes) -> None:
         """Send one packet."""
-        await asyncio.get_running_loop().sock_sendall(sock, data)
+        try:
+            sock.send(data)  # a packet goes whole or not at all
+        except BlockingIOError:
+            await asyncio.get_running_loop().sock_sendall(sock, data)
 
     @staticmethod
     async def recv(sock: socket.socket, timeout: float | None) -> Packet | None:
         """Receive one packet with its fds; None when ``timeout`` passes first."""
         while True:
+            if not await AsyncBackend.wait_readable(sock.fileno(), timeout):
+                return None
             try:
                 return _recv_now(sock)
             except BlockingIOError:
                 pass
-            if not await AsyncBackend.wait_readable(sock.fileno(), timeout):
-                return None
+
+    @staticmethod
+    def recv_now(sock: socket.socket) -> Packet | None:
+        """Receive one packet from a socket that a wait found readable; None if it was not."""
+        try:
+            return _recv_now(sock)
+        except BlockingIOError:
+            return None
 
     @staticmethod
     async def run_blocking(function: Callable[..., _T], *args: Any) -> _T:

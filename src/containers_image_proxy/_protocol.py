@@ -117,12 +117,27 @@ def require(method: str, version: ProtocolVersion) -> None:
         raise ProxyTooOldError(str(METHOD_VERSIONS.get(method, MIN_VERSION)), str(version), method)
 
 
+#: Encodes requests whose every argument is an int or ASCII text (nearly all of them).
+_REQUEST_ENCODER = msgspec.json.Encoder()
+
+
 def encode_request(method: str, args: Sequence[object] = ()) -> bytes:
-    """Encode one request packet."""
+    """Encode one request packet (compact ASCII JSON)."""
+    plain = method.isascii()
     for arg in args:
         if isinstance(arg, int) and not -MAX_JSON_INT <= arg <= MAX_JSON_INT:
             raise ValueError(f"{method}: integer argument {arg} is out of the protocol's range")
-    data = json.dumps({"method": method, "args": list(args)}, separators=(",", ":")).encode()
+        kind = type(arg)
+        if kind is str:
+            plain = plain and str(arg).isascii()
+        elif kind is not int and kind is not bool:
+            plain = False
+    request = {"method": method, "args": list(args)}
+    if plain:
+        data = _REQUEST_ENCODER.encode(request)
+    else:
+        # json escapes text beyond ASCII and refuses what is not JSON, as it must.
+        data = json.dumps(request, separators=(",", ":")).encode()
     if len(data) > MAX_MSG_SIZE:
         raise ValueError(
             f"{method}: request of {len(data)} bytes exceeds the {MAX_MSG_SIZE}-byte packet limit"

@@ -199,6 +199,25 @@ async def test_readinto_and_iteration(proxy: AsyncImageProxy, big_layers_image: 
         assert b"".join(chunks) == stored[layer.digest]
 
 
+async def test_empty_reads_leave_the_blob_alone(
+    proxy: AsyncImageProxy, big_layers_image: BuiltImage
+) -> None:
+    stored = _layer_bytes(big_layers_image)
+    async with await proxy.open_image(big_layers_image.ref) as img:
+        _, manifest = await proxy.fetch_manifest(img)
+        layer = manifest.layers[0]
+        async with await proxy.get_blob(img, layer.digest, layer.size) as blob:
+            assert await blob.read(0) == b""
+            assert await blob.readinto(bytearray()) == 0
+            head = await blob.read(1000)
+            assert await blob.read(0) == b""
+            assert await blob.readinto(memoryview(bytearray(10))[:0]) == 0
+            rest = await blob.read()
+            assert blob.bytes_read == layer.size
+        assert head + rest == stored[layer.digest]
+        assert (await proxy.fetch_manifest(img))[1] == manifest
+
+
 async def test_early_close_leaves_proxy_usable(
     proxy: AsyncImageProxy, big_layers_image: BuiltImage
 ) -> None:

@@ -197,6 +197,23 @@ def test_readinto_and_iteration(proxy: ImageProxy, big_layers_image: BuiltImage)
         assert b"".join(chunks) == stored[layer.digest]
 
 
+def test_empty_reads_leave_the_blob_alone(proxy: ImageProxy, big_layers_image: BuiltImage) -> None:
+    stored = _layer_bytes(big_layers_image)
+    with proxy.open_image(big_layers_image.ref) as img:
+        _, manifest = proxy.fetch_manifest(img)
+        layer = manifest.layers[0]
+        with proxy.get_blob(img, layer.digest, layer.size) as blob:
+            assert blob.read(0) == b""
+            assert blob.readinto(bytearray()) == 0
+            head = blob.read(1000)
+            assert blob.read(0) == b""
+            assert blob.readinto(memoryview(bytearray(10))[:0]) == 0
+            rest = blob.read()
+            assert blob.bytes_read == layer.size
+        assert head + rest == stored[layer.digest]
+        assert (proxy.fetch_manifest(img))[1] == manifest
+
+
 def test_early_close_leaves_proxy_usable(proxy: ImageProxy, big_layers_image: BuiltImage) -> None:
     stored = _layer_bytes(big_layers_image)
     with proxy.open_image(big_layers_image.ref) as img:

@@ -11,14 +11,14 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import select
+import sys
 import termios
 import threading
 from collections.abc import Callable
 
 from .. import _protocol as proto
+from .._backends import ALSO_READY, poll_readable
 from .._backends import AsyncBackend as Backend
-from .._backends import poll_readable
 from .._fd import OwnedFd, splice
 from ..errors import ImageProxyError, RequestError, StallTimeoutError
 from .channel import AsyncChannel, drain, read_to_end
@@ -34,13 +34,17 @@ _STOP_CHECK = 0.25
 _IDLE_STALLED = 1.0
 
 
+def _held(fd: int) -> int:
+    """Return how many bytes the pipe ``fd`` holds (0 if that cannot be told)."""
+    try:
+        return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
+    except OSError:
+        return 0
+
+
 def _looks_stalled(fd: int, transfer: proto.Transfer) -> bool:
     """Return whether a pipe is empty and has seen no data for a while."""
-    try:
-        pending = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
-    except OSError:
-        return False
-    return pending == b"\0\0\0\0" and transfer.idle() > _IDLE_STALLED
+    return _held(fd) == 0 and transfer.idle() > _IDLE_STALLED
 
 
 def _wait_step(timeout: float | None) -> float:
@@ -48,19 +52,20 @@ def _wait_step(timeout: float | None) -> float:
     return _STOP_CHECK if timeout is None else min(_STOP_CHECK, timeout)
 
 
-def _read_now(fd: int, view: memoryview) -> int | None:
-    """Read what the pipe ``fd`` holds into ``view``; None when it holds nothing yet."""
+def _read_now(fd: int, limit: int, into: memoryview | None) -> bytes | memoryview | None:
+    """Read what the pipe ``fd`` holds, at most ``limit`` bytes; None when it holds nothing yet.
+
+    Into ``into`` (returning the part filled), or as new bytes of just the size the
+    pipe holds: asking for more than arrives would make every read allocate (and
+    give back) a buffer as large as ``limit``.
+    """
     try:
-        return os.readv(fd, [view])
+        if into is None:
+            return os.read(fd, min(_held(fd) or limit, limit))
+        target = into[:limit]
+        return target[: os.readv(fd, [target])]
     except BlockingIOError:
         return None
-
-
-def _readable_now(fd: int) -> bool:
-    """Return whether ``fd`` has something to read (or its end) right now; never waits."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
 
 
 class AsyncBlob(AsyncBlobStream):
@@ -97,33 +102,40 @@ class AsyncBlob(AsyncBlobStream):
         self._watch = proto.PipeWatch(transfer, channel.probe, channel.stall)
 
     async def _readinto(self, view: memoryview) -> int:
+        return len(await self._read_piece(len(view), view))
+
+    async def _read_bytes(self, size: int) -> bytes:
+        return bytes(await self._read_piece(size, None))
+
+    async def _read_piece(self, limit: int, into: memoryview | None) -> bytes | memoryview:
         if self._pipe.closed:
-            return 0
+            return b""
         if not self._known:
-            return await self._read_unknown(view)
-        return await self._read_accounted(view)
+            return await self._read_unknown(limit, into)
+        return await self._read_accounted(limit, into)
 
-    async def _receive(self, view: memoryview) -> int:
-        """Read what the pipe has, waiting for it; probe a silent source.
-
-        See docs/protocol.md rule 9.
-        """
+    async def _receive(self, limit: int, into: memoryview | None) -> bytes | memoryview:
         fd = self._pipe.fileno()
+        while (piece := _read_now(fd, limit, into)) is None:
+            await self._wait_for_data(fd)
+        return piece
+
+    async def _wait_for_data(self, fd: int) -> None:
+        """Wait for the pipe to be readable; probe a silent source (docs/protocol.md rule 9)."""
         channel = self._channel
-        while (count := _read_now(fd, view)) is None:
-            # While FinishPipe is out, its reply is awaited together with the data.
-            waiting_reply = self._holding and not self._answered
-            also = channel.sock.fileno() if waiting_reply else None
-            if await Backend.wait_readable(fd, self._watch.timeout(), also=also):
-                if waiting_reply and _readable_now(channel.sock.fileno()):
-                    await self._take_reply()
-                continue
-            silence = self._watch.silence()
-            if silence is proto.Silence.STALL:
-                raise self._stalled()
-            if silence is proto.Silence.PROBE:
-                await self._probe()
-        return count
+        # While FinishPipe is out, its reply is awaited together with the data.
+        waiting_reply = self._holding and not self._answered
+        also = channel.sock.fileno() if waiting_reply else None
+        ready = await Backend.wait_readable(fd, self._watch.timeout(), also=also)
+        if ready:
+            if ready & ALSO_READY:
+                await self._take_reply()
+            return
+        silence = self._watch.silence()
+        if silence is proto.Silence.STALL:
+            raise self._stalled()
+        if silence is proto.Silence.PROBE:
+            await self._probe()
 
     async def _send_finish(self) -> None:
         """Send FinishPipe under the channel's lock, which the caller took for this blob."""
@@ -230,7 +242,7 @@ class AsyncBlob(AsyncBlobStream):
         remaining = self._transfer.remaining() or 0
         return splice(source, fd, remaining, wait=wait, moved=moved, stop=stop)
 
-    async def _read_unknown(self, view: memoryview) -> int:
+    async def _read_unknown(self, limit: int, into: memoryview | None) -> bytes | memoryview:
         # docs/protocol.md rule 3 for a blob of unknown size: FinishPipe goes out
         # first and its reply comes after the end of the data, so the proxy is held
         # until then; a reply that comes earlier reports a failed source.
@@ -238,12 +250,12 @@ class AsyncBlob(AsyncBlobStream):
             await self._channel.lock.acquire(f"blob {self.digest}")
             await self._send_finish()
             self._watch.probe_sent()
-        count = await self._receive(view)
-        if count:
-            self._transfer.update(view[:count])
-            return count
+        piece = await self._receive(limit, into)
+        if piece:
+            self._transfer.update(piece)
+            return piece
         await self._finish()
-        return 0
+        return b""
 
     def _abandon(self) -> None:
         # A stalled source would block FinishPipe, and the proxy with it, until the
@@ -333,29 +345,36 @@ class AsyncRawBlob(AsyncBlobStream):
         self._error_data: bytes | None = None
 
     async def _readinto(self, view: memoryview) -> int:
-        if self._pipe.closed:
-            return 0
-        return await self._read_accounted(view)
+        return len(await self._read_piece(len(view), view))
 
-    async def _receive(self, view: memoryview) -> int:
+    async def _read_bytes(self, size: int) -> bytes:
+        return bytes(await self._read_piece(size, None))
+
+    async def _read_piece(self, limit: int, into: memoryview | None) -> bytes | memoryview:
+        if self._pipe.closed:
+            return b""
+        return await self._read_accounted(limit, into)
+
+    async def _receive(self, limit: int, into: memoryview | None) -> bytes | memoryview:
         # The error pipe is watched with the data: a failed source is reported there
         # (and both pipes closed) by the worker, whatever the data pipe still holds.
         data_fd, error_fd = self._pipe.fileno(), self._errors.fileno()
         what = f"blob {self.digest}"
-        while (count := _read_now(data_fd, view)) is None:
+        while (piece := _read_now(data_fd, limit, into)) is None:
             also = error_fd if self._error_data is None else None
             timeout = None if self._stall is None else max(0.0, self._stall - self._transfer.idle())
-            if not await Backend.wait_readable(data_fd, timeout, also=also):
+            ready = await Backend.wait_readable(data_fd, timeout, also=also)
+            if not ready:
                 if self._stall is not None and self._transfer.idle() >= self._stall:
                     raise StallTimeoutError(f"{what}: no data arrived for {self._stall} seconds")
                 continue
-            if also is not None and _readable_now(error_fd):
+            if ready & ALSO_READY:
                 self._error_data = await read_to_end(error_fd, self._stall, what)
                 error = proto.raw_blob_error(self._error_data)
                 if error is not None:
                     self._close_pipes()
                     raise error
-        return count
+        return piece
 
     async def _finish(self) -> None:
         what = f"blob {self.digest}"

@@ -323,16 +323,23 @@ class AsyncResumingBlob(AsyncBlob):
             await inner.aclose()
 
     async def _readinto(self, view: memoryview) -> int:
-        return await self._attempt(lambda: self._read_more(view))
+        return len(await self._attempt(lambda: self._read_more(len(view), view)))
 
-    async def _read_more(self, view: memoryview) -> int:
+    async def _read_bytes(self, size: int) -> bytes:
+        return bytes(await self._attempt(lambda: self._read_more(size, None)))
+
+    async def _read_more(self, limit: int, into: memoryview | None) -> bytes | memoryview:
+        """Read on from the current attempt: into ``into``, or as new bytes when it is None."""
         inner = await self._ensure_inner()
-        count = await inner.readinto(view)
-        if count:
-            self._transfer.update(view[:count])
+        if into is None:
+            piece: bytes | memoryview = await inner.read(limit)
+        else:
+            piece = into[: await inner.readinto(into[:limit])]
+        if piece:
+            self._transfer.update(piece)
             if self._prefix is not None:
-                self._prefix.update(view[:count])
-        return count
+                self._prefix.update(piece)
+        return piece
 
     async def _copy(self, fd: int, progress: Callable[[int], object] | None) -> int:
         # The plain read loop: every byte handed out is seen (and hashed).

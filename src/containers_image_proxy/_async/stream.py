@@ -2,13 +2,15 @@
 
 A stream is read like a file until its end, by one reader at a time. How the
 bytes arrive, and how the end is verified, is up to each kind of blob
-(:mod:`.blob`); this module only turns its ``_readinto`` into the public API.
+(:mod:`.blob`); this module only turns its ``_readinto`` (and, where a kind has
+one, its ``_read_bytes``, which hands out what the pipe holds without a second
+copy) into the public API.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, BinaryIO, Self
 
 from .. import _protocol as proto
@@ -67,21 +69,12 @@ class AsyncBlobStream(StreamBase):
         with contextlib.suppress(OSError):
             close_all(self._pipes)
 
-    @contextlib.contextmanager
-    def _reading(self) -> Iterator[None]:
+    def _reading(self) -> _Reading:
         """Hold the stream for one read; refuse a closed stream, or a second reader."""
-        if self._closed:
-            raise ClosedError(f"blob {self.digest} is closed")
-        if self._busy:
-            raise BusyError(f"blob {self.digest} is already being read by someone else")
-        self._busy = True
-        try:
-            yield
-        finally:
-            self._busy = False
+        return _Reading(self)
 
     async def readinto(self, buffer: WriteableBuffer, /) -> int:
-        """Read into ``buffer``; 0 at the end.
+        """Read into ``buffer``; 0 at the end (or when ``buffer`` is empty).
 
         Raises:
             ClosedError: the stream was closed.
@@ -89,6 +82,8 @@ class AsyncBlobStream(StreamBase):
             ImageProxyError: the transfer or its verification failed (see :meth:`read`).
         """
         with self._reading(), memoryview(buffer) as outer, outer.cast("B") as view:
+            if not view:
+                return 0
             if self._head:
                 count = min(len(view), len(self._head))
                 view[:count] = self._head[:count]
@@ -114,34 +109,52 @@ class AsyncBlobStream(StreamBase):
         return self._head[:size]
 
     async def _readinto(self, view: memoryview) -> int:
+        """Read the next bytes into ``view`` (not empty); 0 at the end."""
         raise NotImplementedError
 
-    async def _receive(self, view: memoryview) -> int:
-        """Read what the pipe has into ``view`` (0 at its end), waiting for data."""
+    async def _read_bytes(self, size: int) -> bytes:
+        """Read the next bytes, at most ``size`` (above 0), as a new object; b"" at the end.
+
+        This one reads into a buffer and copies it; kinds that can hand out what the
+        pipe holds directly do so instead.
+        """
+        buffer = bytearray(size)
+        with memoryview(buffer) as view:
+            count = await self._readinto(view)
+        del buffer[count:]
+        return bytes(buffer)
+
+    async def _receive(self, limit: int, into: memoryview | None) -> bytes | memoryview:
+        """Read what the pipe has, waiting for data; empty at its end.
+
+        At most ``limit`` bytes: into ``into`` (returning the part filled) or, when
+        it is None, as new bytes.
+        """
         raise NotImplementedError
 
     async def _finish(self) -> None:
         """End the transfer: check that it is complete and release what it holds."""
         raise NotImplementedError
 
-    async def _read_accounted(self, view: memoryview) -> int:
-        """Read the next bytes into ``view``, never past the promised size.
+    async def _read_accounted(self, limit: int, into: memoryview | None) -> bytes | memoryview:
+        """Read the next bytes as :meth:`_receive` does, never past the promised size.
 
         The transfer ends (:meth:`_finish`) with its last byte or the pipe's end.
         """
         remaining = self._transfer.remaining()
-        if remaining is not None and remaining <= 0:
+        if remaining is not None:
+            if remaining <= 0:
+                await self._finish()
+                return b""
+            limit = min(limit, remaining)
+        piece = await self._receive(limit, into)
+        if not piece:
             await self._finish()
-            return 0
-        target = view if remaining is None else view[:remaining]
-        count = await self._receive(target)
-        if count == 0:
+            return b""
+        self._transfer.update(piece)
+        if len(piece) == remaining:
             await self._finish()
-            return 0
-        self._transfer.update(target[:count])
-        if count == remaining:
-            await self._finish()
-        return count
+        return piece
 
     async def copy_to(
         self, out: int | BinaryIO, progress: Callable[[int], object] | None = None
@@ -192,10 +205,13 @@ class AsyncBlobStream(StreamBase):
         """
         if size is None or size < 0:
             return await self.readall()
-        buffer = bytearray(size)
-        count = await self.readinto(buffer)
-        del buffer[count:]
-        return bytes(buffer)
+        with self._reading():
+            if size == 0:
+                return b""
+            if self._head:
+                chunk, self._head = self._head[:size], self._head[size:]
+                return chunk
+            return await self._read_bytes(size)
 
     async def readall(self) -> bytes:
         """Read everything that is left.
@@ -241,3 +257,23 @@ class AsyncBlobStream(StreamBase):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+class _Reading:
+    """The context of one read of a stream (a class: a generator costs more per read)."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: AsyncBlobStream) -> None:
+        self._stream = stream
+
+    def __enter__(self) -> None:
+        stream = self._stream
+        if stream._closed:
+            raise ClosedError(f"blob {stream.digest} is closed")
+        if stream._busy:
+            raise BusyError(f"blob {stream.digest} is already being read by someone else")
+        stream._busy = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stream._busy = False

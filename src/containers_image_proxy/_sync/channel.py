@@ -16,6 +16,7 @@ import socket
 from collections.abc import Sequence
 
 from .. import _protocol as proto
+from .._backends import ALSO_READY
 from .._backends import SyncBackend as Backend
 from .._fd import CHUNK_SIZE, close_all, prepare_pipe
 from .._process import ChildProcess
@@ -32,6 +33,9 @@ __all__ = ["SyncChannel", "SyncChannelLock", "drain", "read_to_end"]
 
 #: Seconds to wait for a proxy that broke the connection to exit (for its status).
 _EXIT_WAIT = 5.0
+#: Bytes read from a piped reply at a time: a pipe's default capacity, so that a
+#: read never asks for (and allocates) far more than the pipe can hold.
+_PIPED_READ = 64 * 1024
 
 
 def _read_chunk(fd: int, timeout: float | None, what: str) -> bytes:
@@ -44,24 +48,12 @@ def _read_chunk(fd: int, timeout: float | None, what: str) -> bytes:
             raise StallTimeoutError(f"{what}: no data arrived for {timeout} seconds")
 
 
-def read_to_end(fd: int, timeout: float | None, what: str, also: int | None = None) -> bytes:
-    """Read the pipe ``fd`` to its end; ``what`` names it in a stall's error.
-
-    Until the first wait is over it also wakes for ``also`` (the socket, whose reply
-    comes right after the pipe's end: one wake-up then usually serves both).
-    """
+def read_to_end(fd: int, timeout: float | None, what: str) -> bytes:
+    """Read the pipe ``fd`` to its end; ``what`` names it in a stall's error."""
     chunks: list[bytes] = []
-    while True:
-        try:
-            chunk = os.read(fd, CHUNK_SIZE)
-        except BlockingIOError:
-            if not Backend.wait_readable(fd, timeout, also=also):
-                raise StallTimeoutError(f"{what}: no data arrived for {timeout} seconds") from None
-            also = None  # after one shared wake-up, the pipe alone (never a busy loop)
-            continue
-        if not chunk:
-            return b"".join(chunks)
+    while chunk := _read_chunk(fd, timeout, what):
         chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def drain(fd: int, timeout: float | None, what: str) -> int:
@@ -99,10 +91,12 @@ class SyncChannelLock:
 
     def acquire(self, holder: str = "") -> None:
         """Take the lock for ``holder`` (a blob, named in :class:`BusyError`), waiting."""
-        owner = Backend.current_owner()
-        self._check(owner)
+        # Who holds the lock matters only while a blob does: only then is it asked.
+        if self._holder:
+            self._check(Backend.current_owner())
         self._lock.acquire()
-        self._owner, self._holder = owner, holder
+        self._owner = Backend.current_owner() if holder else None
+        self._holder = holder
 
     def try_acquire(self, holder: str = "") -> bool:
         """Take the lock if it is free, without waiting; whether it was taken."""
@@ -183,11 +177,18 @@ class SyncChannel:
             return
         close_all(reply.fds)
 
-    def receive(self, method: str, timeout: float | None = None, label: str = "") -> proto.Reply:
-        """Receive the reply to ``method``; ``label`` names the operation in errors."""
+    def receive(
+        self, method: str, timeout: float | None = None, label: str = "", *, arrived: bool = False
+    ) -> proto.Reply:
+        """Receive the reply to ``method``; ``label`` names the operation in errors.
+
+        ``arrived``: a wait found the socket readable, so the reply is taken at once.
+        """
         self.check()
         try:
-            packet = Backend.recv(self.sock, timeout)
+            packet = Backend.recv_now(self.sock) if arrived else None
+            if packet is None:
+                packet = Backend.recv(self.sock, timeout)
         except OSError:
             raise self.died(label or method) from None
         if packet is None:
@@ -210,28 +211,62 @@ class SyncChannel:
             self.send(method, args)
             return self.receive(method)
 
-    def finish_reply(self, method: str) -> RequestError | None:
-        """Receive FinishPipe's reply; the transfer's error (named after ``method``) or None."""
+    def finish_reply(self, method: str, *, arrived: bool = False) -> RequestError | None:
+        """Receive FinishPipe's reply; the transfer's error (named after ``method``) or None.
+
+        ``arrived``: a wait found the socket readable, so the reply is taken at once.
+        """
         try:
-            self.receive("FinishPipe", self.stall, label=method)
+            self.receive("FinishPipe", self.stall, label=method, arrived=arrived)
         except RequestError as exc:
             return proto.request_error(method, exc.message, exc.code)
         return None
 
     def read_piped(self, method: str, reply: proto.Reply) -> bytes:
-        """Send FinishPipe, read the pipe to its end, then take the reply (docs/protocol.md rule 3).
+        """Send FinishPipe, read the pipe to its end and take FinishPipe's reply.
 
-        The caller holds the lock.
+        The caller holds the lock. The data may exceed the pipe's buffer, so the pipe
+        is read while the reply is awaited (docs/protocol.md rules 2 and 3); both are
+        awaited together: the proxy closes the pipe before it replies, so the reply
+        usually comes with the data complete and one wake-up serves both.
         """
         (pipe,) = reply.fds
         with pipe:
             prepare_pipe(pipe)
             self.send_finish(reply.pipeid, method)
             try:
-                data = read_to_end(pipe.fileno(), self.stall, method, self.sock.fileno())
-                error = self.finish_reply(method)
+                data, error = self._read_with_reply(pipe.fileno(), method)
             except StallTimeoutError as exc:
                 raise self.break_with(exc) from None
         if error is not None:
             raise error
         return data
+
+    def _read_with_reply(self, fd: int, method: str) -> tuple[bytes, RequestError | None]:
+        """Read the pipe ``fd`` to its end and FinishPipe's reply, in whichever order they come."""
+        chunks: list[bytes] = []
+        answered = False
+        error: RequestError | None = None
+        while True:
+            try:
+                chunk = os.read(fd, _PIPED_READ)
+            except BlockingIOError:
+                chunk = None
+            if chunk == b"":
+                break
+            if chunk is not None:
+                chunks.append(chunk)
+                if len(chunk) == _PIPED_READ:
+                    continue  # a full read: more may be there already
+            # The pipe is empty for now (a short read empties a pipe).
+            ready = Backend.wait_readable(
+                fd, self.stall, also=None if answered else self.sock.fileno()
+            )
+            if not ready:
+                raise StallTimeoutError(f"{method}: no data arrived for {self.stall} seconds")
+            if ready & ALSO_READY:
+                answered = True
+                error = self.finish_reply(method, arrived=True)
+        if not answered:
+            error = self.finish_reply(method)
+        return b"".join(chunks), error

@@ -325,16 +325,23 @@ class ResumingBlob(Blob):
             inner.close()
 
     def _readinto(self, view: memoryview) -> int:
-        return self._attempt(lambda: self._read_more(view))
+        return len(self._attempt(lambda: self._read_more(len(view), view)))
 
-    def _read_more(self, view: memoryview) -> int:
+    def _read_bytes(self, size: int) -> bytes:
+        return bytes(self._attempt(lambda: self._read_more(size, None)))
+
+    def _read_more(self, limit: int, into: memoryview | None) -> bytes | memoryview:
+        """Read on from the current attempt: into ``into``, or as new bytes when it is None."""
         inner = self._ensure_inner()
-        count = inner.readinto(view)
-        if count:
-            self._transfer.update(view[:count])
+        if into is None:
+            piece: bytes | memoryview = inner.read(limit)
+        else:
+            piece = into[: inner.readinto(into[:limit])]
+        if piece:
+            self._transfer.update(piece)
             if self._prefix is not None:
-                self._prefix.update(view[:count])
-        return count
+                self._prefix.update(piece)
+        return piece
 
     def _copy(self, fd: int, progress: Callable[[int], object] | None) -> int:
         # The plain read loop: every byte handed out is seen (and hashed).
