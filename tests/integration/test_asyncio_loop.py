@@ -20,11 +20,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from images import BuiltImage
-from registry import Registry, RegistryImage
-from relay import Relay
 
 from containers_image_proxy import AsyncImageProxy, ImageProxyConfig
+from tests.support.images import BuiltImage
+from tests.support.registry import Registry, RegistryImage
+from tests.support.relay import Relay
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -72,11 +72,13 @@ async def test_threads_reach_the_loop_while_a_request_waits(skopeo: str, slow_re
     loop = asyncio.get_running_loop()
     delays: list[float] = []
 
+    def arrived(sent: float) -> None:
+        delays.append(time.monotonic() - sent)
+
     def from_thread() -> None:
         for _ in range(5):
             time.sleep(0.05)
-            sent = time.monotonic()
-            loop.call_soon_threadsafe(lambda sent=sent: delays.append(time.monotonic() - sent))
+            loop.call_soon_threadsafe(arrived, time.monotonic())
 
     async with AsyncImageProxy(_config(skopeo)) as proxy:
         thread = threading.Thread(target=from_thread)
