@@ -824,6 +824,10 @@ def _options(options: dict[str, Any]) -> str:
     for key, value in options.items():
         if key == "smoke" or value is False or value is None:
             continue
+        if key == "only":
+            if set(value) == set(CASES):
+                continue  # every case: the default
+            value = ",".join(value)
         flag = "--" + key.replace("_", "-")
         words.append(flag if value is True else f"{flag} {value}")
     return " ".join(words)
