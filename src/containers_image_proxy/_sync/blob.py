@@ -13,7 +13,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import sys
 import termios
 import threading
 from collections.abc import Callable
@@ -36,17 +35,13 @@ _STOP_CHECK = 0.25
 _IDLE_STALLED = 1.0
 
 
-def _held(fd: int) -> int:
-    """Return how many bytes the pipe ``fd`` holds (0 if that cannot be told)."""
-    try:
-        return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
-    except OSError:
-        return 0
-
-
 def _looks_stalled(fd: int, transfer: proto.Transfer) -> bool:
     """Return whether a pipe is empty and has seen no data for a while."""
-    return _held(fd) == 0 and transfer.idle() > _IDLE_STALLED
+    try:
+        pending = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return False
+    return pending == b"\0\0\0\0" and transfer.idle() > _IDLE_STALLED
 
 
 def _wait_step(timeout: float | None) -> float:
@@ -54,20 +49,38 @@ def _wait_step(timeout: float | None) -> float:
     return _STOP_CHECK if timeout is None else min(_STOP_CHECK, timeout)
 
 
-def _read_now(fd: int, limit: int, into: memoryview | None) -> bytes | memoryview | None:
-    """Read what the pipe ``fd`` holds, at most ``limit`` bytes; None when it holds nothing yet.
+#: Least a read asks of a pipe whose bytes are handed out as new objects.
+_MIN_ASK = 64 * 1024
 
-    Into ``into`` (returning the part filled), or as new bytes of just the size the
-    pipe holds: asking for more than arrives would make every read allocate (and
-    give back) a buffer as large as ``limit``.
+
+class _PipeReads:
+    """The reads of one pipe, each asking for about as much as arrives.
+
+    Bytes handed out as new objects are allocated at the size asked for, then
+    shrunk to what came: asking far more than arrives makes every read map and
+    unmap a large buffer. So a read asks for twice what the last one got, from
+    64 KiB up to the caller's limit (a pipe that keeps filling doubles it each time).
     """
-    try:
-        if into is None:
-            return os.read(fd, min(_held(fd) or limit, limit))
-        target = into[:limit]
-        return target[: os.readv(fd, [target])]
-    except BlockingIOError:
-        return None
+
+    __slots__ = ("_ask",)
+
+    def __init__(self) -> None:
+        self._ask = _MIN_ASK
+
+    def now(self, fd: int, limit: int, into: memoryview | None) -> bytes | memoryview | None:
+        """Read what the pipe ``fd`` holds, at most ``limit`` bytes; None when it holds nothing.
+
+        Into ``into`` (returning the part filled), or as new bytes when it is None.
+        """
+        try:
+            if into is not None:
+                target = into[:limit]
+                return target[: os.readv(fd, [target])]
+            data = os.read(fd, min(limit, self._ask))
+        except BlockingIOError:
+            return None
+        self._ask = max(_MIN_ASK, 2 * len(data))
+        return data
 
 
 class Blob(BlobStream):
@@ -102,6 +115,7 @@ class Blob(BlobStream):
         #: FinishPipe's reply came (success, or the error already raised).
         self._answered = False
         self._watch = proto.PipeWatch(transfer, channel.probe, channel.stall)
+        self._reads = _PipeReads()
 
     def _readinto(self, view: memoryview) -> int:
         return len(self._read_piece(len(view), view))
@@ -118,7 +132,7 @@ class Blob(BlobStream):
 
     def _receive(self, limit: int, into: memoryview | None) -> bytes | memoryview:
         fd = self._pipe.fileno()
-        while (piece := _read_now(fd, limit, into)) is None:
+        while (piece := self._reads.now(fd, limit, into)) is None:
             self._wait_for_data(fd)
         return piece
 
@@ -345,6 +359,7 @@ class RawBlob(BlobStream):
         self._stall = stall
         #: What the error pipe said, once read to its end (b"" for success).
         self._error_data: bytes | None = None
+        self._reads = _PipeReads()
 
     def _readinto(self, view: memoryview) -> int:
         return len(self._read_piece(len(view), view))
@@ -362,7 +377,7 @@ class RawBlob(BlobStream):
         # (and both pipes closed) by the worker, whatever the data pipe still holds.
         data_fd, error_fd = self._pipe.fileno(), self._errors.fileno()
         what = f"blob {self.digest}"
-        while (piece := _read_now(data_fd, limit, into)) is None:
+        while (piece := self._reads.now(data_fd, limit, into)) is None:
             also = error_fd if self._error_data is None else None
             timeout = None if self._stall is None else max(0.0, self._stall - self._transfer.idle())
             ready = Backend.wait_readable(data_fd, timeout, also=also)
