@@ -81,7 +81,21 @@ class _PipeReads:
         return data
 
 
-class AsyncBlob(AsyncBlobStream):
+class _PipeStream(AsyncBlobStream):
+    """A blob stream read from a pipe: both reading paths go through ``_read_piece``,
+    which fills ``into`` when given, else hands out what the pipe holds."""
+
+    async def _readinto(self, view: memoryview) -> int:
+        return len(await self._read_piece(len(view), view))
+
+    async def _read_bytes(self, size: int) -> bytes:
+        return bytes(await self._read_piece(size, None))
+
+    async def _read_piece(self, limit: int, into: memoryview | None) -> bytes | memoryview:
+        raise NotImplementedError
+
+
+class AsyncBlob(_PipeStream):
     """A blob streaming from GetBlob; the proxy verifies its size and digest.
 
     Read it to the end (the read that reaches the end raises any transfer or
@@ -114,12 +128,6 @@ class AsyncBlob(AsyncBlobStream):
         self._answered = False
         self._watch = proto.PipeWatch(transfer, channel.probe, channel.stall)
         self._reads = _PipeReads()
-
-    async def _readinto(self, view: memoryview) -> int:
-        return len(await self._read_piece(len(view), view))
-
-    async def _read_bytes(self, size: int) -> bytes:
-        return bytes(await self._read_piece(size, None))
 
     async def _read_piece(self, limit: int, into: memoryview | None) -> bytes | memoryview:
         if self._pipe.closed:
@@ -339,7 +347,7 @@ class AsyncBlob(AsyncBlobStream):
             self._release()
 
 
-class AsyncRawBlob(AsyncBlobStream):
+class AsyncRawBlob(_PipeStream):
     """A blob streaming from GetRawBlob (protocol 0.2.8): verified here, not by the proxy.
 
     Digest and size are checked while the data streams unless ``verify=False`` was
@@ -358,12 +366,6 @@ class AsyncRawBlob(AsyncBlobStream):
         #: What the error pipe said, once read to its end (b"" for success).
         self._error_data: bytes | None = None
         self._reads = _PipeReads()
-
-    async def _readinto(self, view: memoryview) -> int:
-        return len(await self._read_piece(len(view), view))
-
-    async def _read_bytes(self, size: int) -> bytes:
-        return bytes(await self._read_piece(size, None))
 
     async def _read_piece(self, limit: int, into: memoryview | None) -> bytes | memoryview:
         if self._pipe.closed:

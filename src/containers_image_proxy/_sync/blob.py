@@ -83,7 +83,21 @@ class _PipeReads:
         return data
 
 
-class Blob(BlobStream):
+class _PipeStream(BlobStream):
+    """A blob stream read from a pipe: both reading paths go through ``_read_piece``,
+    which fills ``into`` when given, else hands out what the pipe holds."""
+
+    def _readinto(self, view: memoryview) -> int:
+        return len(self._read_piece(len(view), view))
+
+    def _read_bytes(self, size: int) -> bytes:
+        return bytes(self._read_piece(size, None))
+
+    def _read_piece(self, limit: int, into: memoryview | None) -> bytes | memoryview:
+        raise NotImplementedError
+
+
+class Blob(_PipeStream):
     """A blob streaming from GetBlob; the proxy verifies its size and digest.
 
     Read it to the end (the read that reaches the end raises any transfer or
@@ -116,12 +130,6 @@ class Blob(BlobStream):
         self._answered = False
         self._watch = proto.PipeWatch(transfer, channel.probe, channel.stall)
         self._reads = _PipeReads()
-
-    def _readinto(self, view: memoryview) -> int:
-        return len(self._read_piece(len(view), view))
-
-    def _read_bytes(self, size: int) -> bytes:
-        return bytes(self._read_piece(size, None))
 
     def _read_piece(self, limit: int, into: memoryview | None) -> bytes | memoryview:
         if self._pipe.closed:
@@ -341,7 +349,7 @@ class Blob(BlobStream):
             self._release()
 
 
-class RawBlob(BlobStream):
+class RawBlob(_PipeStream):
     """A blob streaming from GetRawBlob (protocol 0.2.8): verified here, not by the proxy.
 
     Digest and size are checked while the data streams unless ``verify=False`` was
@@ -360,12 +368,6 @@ class RawBlob(BlobStream):
         #: What the error pipe said, once read to its end (b"" for success).
         self._error_data: bytes | None = None
         self._reads = _PipeReads()
-
-    def _readinto(self, view: memoryview) -> int:
-        return len(self._read_piece(len(view), view))
-
-    def _read_bytes(self, size: int) -> bytes:
-        return bytes(self._read_piece(size, None))
 
     def _read_piece(self, limit: int, into: memoryview | None) -> bytes | memoryview:
         if self._pipe.closed:
