@@ -55,6 +55,7 @@ REPLACEMENTS = {
     "pull_async": "pull",
     "stream_layers_async": "stream_layers",
     "unpack_async": "unpack",
+    "_async_backend": "_backends",  # the module of AsyncBackend: asyncio only there
 }
 
 #: Wording in docstrings and comments, which token replacement does not reach.

@@ -7,6 +7,8 @@ import importlib
 import inspect
 import pkgutil
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -88,6 +90,28 @@ def test_public_name_is_importable_where_it_was(module: str, name: str) -> None:
 
 def test_package_all_lists_exactly_the_public_names() -> None:
     assert sorted(containers_image_proxy.__all__) == sorted(PUBLIC["containers_image_proxy"])
+    assert set(PUBLIC["containers_image_proxy"]) <= set(dir(containers_image_proxy))
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'AsyncImageProxi'"):
+        _ = containers_image_proxy.AsyncImageProxi  # type: ignore[attr-defined]
+
+
+def test_the_blocking_api_does_not_import_asyncio() -> None:
+    # Start-up time of every blocking program and command: asyncio costs ~20 ms.
+    code = (
+        "import sys\n"
+        "from containers_image_proxy import ImageProxy, pull, unpack, stream_layers\n"
+        "import containers_image_proxy.cli.main\n"
+        "assert 'asyncio' not in sys.modules, 'asyncio imported'\n"
+        "from containers_image_proxy import AsyncImageProxy, unpack_async\n"
+        "assert 'asyncio' in sys.modules\n"
+        "print('ok')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "ok\n"
 
 
 def _exception_classes() -> dict[str, type[BaseException]]:
@@ -105,7 +129,7 @@ def _exception_classes() -> dict[str, type[BaseException]]:
                 and value.__module__.startswith("containers_image_proxy")
                 # The unpack's private control flow, never raised to a caller: the stop
                 # signal, and the reader thread's "the writer went away".
-                and value.__name__ not in ("_Stopped", "_Closed")
+                and value.__name__ not in ("Stopped", "_Closed")
             ):
                 found[f"{value.__module__}.{value.__qualname__}"] = value
     return found

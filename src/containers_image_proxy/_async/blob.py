@@ -16,8 +16,8 @@ import threading
 from collections.abc import Callable
 
 from .. import _protocol as proto
+from .._async_backend import AsyncBackend as Backend
 from .._backends import ALSO_READY, poll_readable
-from .._backends import AsyncBackend as Backend
 from .._fd import OwnedFd, splice
 from ..errors import ImageProxyError, RequestError, StallTimeoutError
 from .channel import AsyncChannel, drain, read_to_end

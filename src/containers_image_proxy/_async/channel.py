@@ -14,8 +14,8 @@ import socket
 from collections.abc import Sequence
 
 from .. import _protocol as proto
+from .._async_backend import AsyncBackend as Backend
 from .._backends import ALSO_READY
-from .._backends import AsyncBackend as Backend
 from .._fd import CHUNK_SIZE, close_all, prepare_pipe
 from .._process import ChildProcess
 from ..errors import (

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from .. import _protocol as proto
-from .._backends import AsyncBackend as Backend
+from .._async_backend import AsyncBackend as Backend
 from .._command import OPTION_FIELDS, auth_file_contents, build_command
 from .._fd import close_all, prepare_pipe
 from .._image import OpenedImage, image_handle, is_closed_on, mark_closed

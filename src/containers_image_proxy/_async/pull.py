@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .._backends import AsyncBackend as Backend
+from .._async_backend import AsyncBackend as Backend
 from .._backends import AsyncResult
 from .._image import OpenedImage
 from .._layers import PREFIX_SIZE, check_uncompressed, fetch_plan, true_layer, unavailable

@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from .. import _protocol as proto
-from .._backends import AsyncBackend as Backend
+from .._async_backend import AsyncBackend as Backend
 from .._backends import AsyncResult
 from .._fd import CHUNK_SIZE
 from .._image import OpenedImage

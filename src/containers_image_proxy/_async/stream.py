@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, BinaryIO, Self
 
 from .. import _protocol as proto
-from .._backends import AsyncStreamBase as StreamBase
+from .._async_backend import AsyncStreamBase as StreamBase
 from .._fd import CHUNK_SIZE, OwnedFd, close_all, write_all
 from ..errors import BusyError, ClosedError
 from ..oci import Digest

@@ -2,7 +2,8 @@
 
 From the image down to the file system:
 
-- ``image``: ``unpack`` and ``unpack_async``, one flow with two I/O edges;
+- ``image``: ``unpack`` and the flow it shares with ``unpack_async``;
+- ``image_async``: ``unpack_async``, the flow's asyncio edges;
 - ``pipeline``: the reader thread that fetches and decompresses layers ahead;
 - ``layer``: a layer blob as a verified stream of its tar (``open_layer``);
 - ``compression``: the media type and magic bytes rule, and the decompressors;

@@ -1,28 +1,23 @@
-"""Unpacking a whole image into a root filesystem: ``unpack`` and ``unpack_async``.
+"""Unpacking a whole image into a root filesystem: ``unpack``, and the flow it
+shares with ``unpack_async`` (:mod:`.image_async`).
 
-Both run one flow, :func:`_apply_image`, in the thread that applies the layers.
+Both run one flow, :func:`apply_image`, in the thread that applies the layers.
 They differ only at its edges: how the manifest, the configuration and the layer
-information are fetched (:func:`_fetch` on a blocking proxy, :func:`_fetch_async`
-on an :class:`AsyncImageProxy`), and how the reader thread opens a layer's blob
-(:func:`_opener`, or :func:`_bridged` through the event loop).
+information are fetched (:func:`_fetch` here on a blocking proxy, on an
+``AsyncImageProxy`` there), and how the reader thread opens a layer's blob
+(:func:`_opener` here, through the event loop there).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
-import functools
 import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .._async.proxy import AsyncBlob, AsyncImageProxy
-from .._async.pull import layer_info as layer_info_async
-from .._async.retry import AsyncImageSource, AsyncResumingBlob
-from .._backends import run_in_thread_until_done
-from .._fd import CHUNK_SIZE
 from .._layers import fetch_plan, unavailable, with_compression
 from .._retry import RetryPolicy
 from .._sync.proxy import ImageProxy
@@ -38,7 +33,19 @@ from .pipeline import LayerReader, Opener
 from .results import LayerResult, UnpackResult
 from .writer import RootfsWriter
 
-__all__ = ["LayerCallback", "unpack", "unpack_async"]
+if TYPE_CHECKING:
+    from .._async.retry import AsyncResumingBlob
+
+__all__ = [
+    "ImagePlan",
+    "LayerCallback",
+    "OpenedBlobs",
+    "Stopped",
+    "apply_image",
+    "check_empty",
+    "unpack",
+    "unpack_blocking",
+]
 
 #: Called with each layer's result once it is applied and verified.
 LayerCallback = Callable[[LayerResult], object]
@@ -48,10 +55,10 @@ BytesCallback = Callable[[Descriptor, int, int], object]
 
 #: A layer as the manifest lists it, as it is fetched (see ``_layers.fetch_plan``),
 #: and its diff_id.
-_Layer = tuple[Descriptor, Descriptor, Digest]
+PlannedLayer = tuple[Descriptor, Descriptor, Digest]
 
 
-class _Stopped(Exception):
+class Stopped(Exception):
     """The unpack was cancelled from the event loop (``stop`` was set).
 
     Raised in the applying thread and turned into :class:`asyncio.CancelledError`
@@ -60,7 +67,7 @@ class _Stopped(Exception):
     """
 
 
-def _check_empty(dest: Path) -> None:
+def check_empty(dest: Path) -> None:
     """Check, before any work, that ``dest`` is missing or an empty directory.
 
     Raises:
@@ -80,13 +87,13 @@ def _prepare(dest: Path) -> bool:
     try:
         dest.mkdir(parents=True)
     except FileExistsError:
-        _check_empty(dest)
+        check_empty(dest)
         return False
     dest.chmod(0o755)  # as umoci makes a rootfs; a root entry in a layer may change it
     return True
 
 
-class _Opened:
+class OpenedBlobs:
     """The layer blobs an unpack opened, each retried as its policy allows."""
 
     def __init__(self, reference: str, version: str, has_info: bool) -> None:
@@ -112,7 +119,7 @@ class _Opened:
             raise unavailable(self.reference, descriptor, exc, self.version, self.has_info) from exc
 
 
-class _Image:
+class ImagePlan:
     """What the flow needs from the source: the documents, and the layers to fetch."""
 
     __slots__ = ("config", "digest", "layers", "opened", "reference")
@@ -122,8 +129,8 @@ class _Image:
         reference: str,
         digest: Digest,
         config: ImageConfiguration,
-        layers: list[_Layer],
-        opened: _Opened,
+        layers: list[PlannedLayer],
+        opened: OpenedBlobs,
     ) -> None:
         self.reference = reference
         self.digest = digest
@@ -139,7 +146,7 @@ class _Image:
         manifest: tuple[Digest, ImageManifest],
         config: ImageConfiguration,
         infos: list[ConvertedLayerInfo] | None,
-    ) -> _Image:
+    ) -> ImagePlan:
         """Check the documents against each other and plan the fetches.
 
         Raises:
@@ -154,24 +161,16 @@ class _Image:
             )
         plan = fetch_plan(listed, infos)
         layers = list(zip(listed.layers, plan, diff_ids, strict=True))
-        opened = _Opened(reference, version, infos is not None)
+        opened = OpenedBlobs(reference, version, infos is not None)
         return cls(reference, digest, config, layers, opened)
 
 
-def _fetch(source: ImageSource) -> _Image:
+def _fetch(source: ImageSource) -> ImagePlan:
     proxy, image = source.proxy, source.image
     manifest = proxy.fetch_manifest(image)
     config = proxy.fetch_config(image)
     infos = layer_info(proxy, image, manifest[1])
-    return _Image.of(source.reference, proxy.protocol_version, manifest, config, infos)
-
-
-async def _fetch_async(source: AsyncImageSource) -> _Image:
-    proxy, image = source.proxy, source.image
-    manifest = await proxy.fetch_manifest(image)
-    config = await proxy.fetch_config(image)
-    infos = await layer_info_async(proxy, image, manifest[1])
-    return _Image.of(source.reference, proxy.protocol_version, manifest, config, infos)
+    return ImagePlan.of(source.reference, proxy.protocol_version, manifest, config, infos)
 
 
 class _Watch:
@@ -214,7 +213,7 @@ class _Watch:
 
     def __call__(self, layer: int, compressed: int, decompressed: int) -> None:
         if self._stop is not None and self._stop.is_set():
-            raise _Stopped
+            raise Stopped
         if self._on_bytes is None or self._writer is None:
             return
         if layer != self._layer:
@@ -222,8 +221,8 @@ class _Watch:
         self._on_bytes(self._blobs[layer], compressed, self._writer.entries - self._base)
 
 
-def _apply_image(
-    image: _Image,
+def apply_image(
+    image: ImagePlan,
     dest: Path,
     opener: Opener,
     limits: UnpackLimits | None,
@@ -273,7 +272,7 @@ def _apply_image(
 
 
 def _opener(
-    source: ImageSource, policy: RetryPolicy, on_retry: RetryCallback | None, opened: _Opened
+    source: ImageSource, policy: RetryPolicy, on_retry: RetryCallback | None, opened: OpenedBlobs
 ) -> Opener:
     def open_layer(descriptor: Descriptor) -> ResumingBlob:
         # A failed transfer resumes where it stopped; the diff_id check covers the
@@ -285,7 +284,7 @@ def _opener(
     return open_layer
 
 
-def _unpack(
+def unpack_blocking(
     reference: str,
     dest: Path,
     config: ImageProxyConfig | None,
@@ -297,11 +296,11 @@ def _unpack(
     on_retry: RetryCallback | None,
     on_bytes: BytesCallback | None = None,
 ) -> UnpackResult:
-    _check_empty(dest)
+    check_empty(dest)
     with ImageSource(reference, config, proxy) as source:
         image = _fetch(source)
         opener = _opener(source, retry_policy(source.config), on_retry, image.opened)
-        return _apply_image(image, dest, opener, limits, rootless, progress, stop, on_bytes)
+        return apply_image(image, dest, opener, limits, rootless, progress, stop, on_bytes)
 
 
 def unpack(
@@ -356,138 +355,6 @@ def unpack(
         VerificationError: a blob or a decompressed layer does not match its digest.
         ImageProxyError: anything the proxy reports (a missing image...).
     """
-    return _unpack(
+    return unpack_blocking(
         reference, Path(dest), config, proxy, limits, rootless, progress, None, on_retry, on_bytes
     )
-
-
-class _Bridge:
-    """A blocking reader, for a worker thread, of an AsyncBlob read on the event loop."""
-
-    def __init__(self, blob: AsyncBlob, loop: asyncio.AbstractEventLoop) -> None:
-        self._blob = blob
-        self._loop = loop
-        self._buffer = b""
-        self._at = 0
-
-    def read(self, size: int = -1, /) -> bytes:
-        if self._at >= len(self._buffer):
-            future = asyncio.run_coroutine_threadsafe(self._blob.read(CHUNK_SIZE), self._loop)
-            self._buffer = future.result()
-            self._at = 0
-        at = self._at
-        end = len(self._buffer) if size < 0 else min(len(self._buffer), at + size)
-        self._at = end
-        return self._buffer[at:end] if at or end < len(self._buffer) else self._buffer
-
-
-async def _open_async(
-    source: AsyncImageSource,
-    policy: RetryPolicy,
-    on_retry: RetryCallback | None,
-    opened: _Opened,
-    descriptor: Descriptor,
-) -> AsyncResumingBlob:
-    blob = AsyncResumingBlob(source, descriptor, policy, on_retry, check_prefix=False)
-    with opened.opening(blob, descriptor):
-        return await blob.open()
-
-
-@contextlib.contextmanager
-def _bridged(
-    source: AsyncImageSource,
-    policy: RetryPolicy,
-    on_retry: RetryCallback | None,
-    opened: _Opened,
-    loop: asyncio.AbstractEventLoop,
-    descriptor: Descriptor,
-) -> Iterator[_Bridge]:
-    """Open a layer's blob on the event loop, for the reader thread."""
-    opening = _open_async(source, policy, on_retry, opened, descriptor)
-    blob = asyncio.run_coroutine_threadsafe(opening, loop).result()
-    try:
-        yield _Bridge(blob, loop)
-    finally:
-        asyncio.run_coroutine_threadsafe(blob.aclose(), loop).result()
-
-
-def _on_loop(
-    callback: LayerCallback | None, loop: asyncio.AbstractEventLoop
-) -> LayerCallback | None:
-    """Return ``callback`` called on the event loop and waited for, from a worker thread
-    (so that what it raises stops the unpack there)."""
-    if callback is None:
-        return None
-
-    async def call(result: LayerResult) -> object:
-        return callback(result)
-
-    def on_loop(result: LayerResult) -> object:
-        return asyncio.run_coroutine_threadsafe(call(result), loop).result()
-
-    return on_loop
-
-
-async def _unpack_with(
-    reference: str,
-    dest: Path,
-    proxy: AsyncImageProxy,
-    limits: UnpackLimits | None,
-    rootless: bool | None,
-    progress: LayerCallback | None,
-    stop: threading.Event,
-    on_retry: RetryCallback | None,
-) -> UnpackResult:
-    loop = asyncio.get_running_loop()
-    await asyncio.to_thread(_check_empty, dest)
-    async with AsyncImageSource(reference, proxy=proxy) as source:
-        image = await _fetch_async(source)
-        policy = retry_policy(proxy.config)
-        opener = functools.partial(_bridged, source, policy, on_retry, image.opened, loop)
-        work = functools.partial(
-            _apply_image, image, dest, opener, limits, rootless, _on_loop(progress, loop), stop
-        )
-        return await run_in_thread_until_done(work, stop)
-
-
-async def unpack_async(
-    reference: str,
-    dest: str | os.PathLike[str],
-    *,
-    config: ImageProxyConfig | None = None,
-    proxy: AsyncImageProxy | None = None,
-    limits: UnpackLimits | None = None,
-    rootless: bool | None = None,
-    progress: LayerCallback | None = None,
-    on_retry: RetryCallback | None = None,
-) -> UnpackResult:
-    """Unpack the image ``reference`` into ``dest``: the asyncio twin of :func:`unpack`,
-    with the same arguments and rules.
-
-    The extraction (decompression, hashing, file system calls) runs in worker
-    threads, so the event loop stays free. Without ``proxy`` the whole unpack, with
-    its own blocking proxy, runs in a thread of :func:`asyncio.to_thread`; with an
-    open :class:`AsyncImageProxy` its requests are made on the loop, the reader
-    thread reads each blob through it and the layers are applied in a thread of
-    :func:`asyncio.to_thread`. Cancelling the task stops the worker at its next
-    chunk of tar (1 MiB at most) and empties ``dest`` before the cancellation goes
-    on. ``progress`` is called on the event loop with ``proxy``, from the worker
-    thread without.
-
-    Raises:
-        asyncio.CancelledError: the task was cancelled (``dest`` is emptied first).
-        Exception: as :func:`unpack` raises.
-    """
-    stop = threading.Event()
-    path = Path(dest)
-    try:
-        if proxy is None:
-            work = functools.partial(
-                _unpack, reference, path, config, None, limits, rootless, progress, stop, on_retry
-            )
-            return await run_in_thread_until_done(work, stop)
-        return await _unpack_with(
-            reference, path, proxy, limits, rootless, progress, stop, on_retry
-        )
-    except _Stopped:
-        raise asyncio.CancelledError from None
