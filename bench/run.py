@@ -420,52 +420,60 @@ def case_round_trips(image: dict[str, Any], calls: int, repeat: int) -> list[Row
     ]
 
 
-def case_pull(image: dict[str, Any], work: Path, bandwidth: float, latency: float) -> list[Row]:
+def case_pull(
+    image: dict[str, Any], work: Path, bandwidth: float, latency: float, repeat: int
+) -> list[Row]:
     total = sum(layer["size"] for layer in image["layers"]) / MiB
+    one = "one at a time (jobs=1)"
+    default = "one proxy (jobs=6, the default)"
+    eight = "one proxy (jobs=8)"
+    pool = "pool of 2 proxies (jobs=16)"
+    skopeo = "skopeo copy docker:// oci:"
     with Registry(work / "registry") as registry:
         registry.push(image["ref"], "bench/image", "latest")
         with Relay(registry.host, bandwidth=bandwidth, latency=latency) as relay:
             ref = f"docker://{relay.address}/bench/image:latest"
             config = ImageProxyConfig(insecure_skip_tls_verification=True)
-            seconds: dict[str, float] = {}
-            for label, jobs in (
-                ("one at a time (jobs=1)", 1),
-                ("parallel, one proxy (jobs=4)", 4),
-                ("pool of 2 proxies (jobs=8)", 8),
-            ):
+
+            def ours(jobs: int) -> float:
                 dest = work / f"pull-{jobs}"
                 started = time.perf_counter()
                 pull(ref, dest, config=config, jobs=jobs)
-                seconds[label] = time.perf_counter() - started
+                seconds = time.perf_counter() - started
                 shutil.rmtree(dest)
-            started = time.perf_counter()
-            subprocess.run(
-                [
-                    "skopeo",
-                    "copy",
-                    "--quiet",
-                    "--src-tls-verify=false",
-                    ref,
-                    f"oci:{work / 'skopeo-pull'}:latest",
-                ],
-                check=True,
+                return seconds
+
+            def skopeo_copy() -> float:
+                dest = work / "skopeo-pull"
+                command = ["skopeo", "copy", "--quiet", "--src-tls-verify=false", ref]
+                started = time.perf_counter()
+                subprocess.run([*command, f"oci:{dest}:latest"], check=True)
+                seconds = time.perf_counter() - started
+                shutil.rmtree(dest)
+                return seconds
+
+            # The serial pull is only the base of the speed-ups (and the longest):
+            # one run; the others take turns, each keeping its best round.
+            seconds = {one: ours(1)}
+            seconds |= alternate(
+                {
+                    default: lambda: ours(6),
+                    eight: lambda: ours(8),
+                    pool: lambda: ours(16),
+                    skopeo: skopeo_copy,
+                },
+                repeat,
             )
-            seconds["skopeo copy docker:// oci:"] = time.perf_counter() - started
-            shutil.rmtree(work / "skopeo-pull")
     name = (
         f"3. pull {len(image['layers'])} x {image['layers'][0]['size'] / MiB:.0f} MiB,"
         f" {bandwidth / MiB:.0f} MiB/s per connection, +{latency * 1000:.0f} ms"
     )
     rate = {label: total / s for label, s in seconds.items()}
-    one = "one at a time (jobs=1)"
-    rows = [
-        Row(name, label, rate[label], one, rate[one], "MiB/s", True, 3.0)
-        for label in ("parallel, one proxy (jobs=4)", "pool of 2 proxies (jobs=8)")
-    ]
-    skopeo = "skopeo copy docker:// oci:"
+    parallel = (default, eight, pool)
+    rows = [Row(name, label, rate[label], one, rate[one], "MiB/s", True, 3.0) for label in parallel]
     rows += [
         Row(name, label, rate[label], skopeo, rate[skopeo], "MiB/s", True, 1.0)
-        for label in ("parallel, one proxy (jobs=4)", "pool of 2 proxies (jobs=8)")
+        for label in parallel
     ]
     return rows
 
@@ -494,11 +502,11 @@ def case_real_pull(real: RealImage, work: Path, repeat: int) -> list[Row]:
             return seconds
 
         runs: dict[str, Callable[[], float]] = {
-            "one proxy (jobs=4, the default)": lambda: ours(4),
+            "one proxy (jobs=6, the default)": lambda: ours(6),
             "skopeo copy docker:// oci:": skopeo,
         }
         skopeo()  # the registry's files into the page cache, for everyone alike
-        best_of = alternate(runs, repeat)
+        best_of = alternate(runs, max(repeat, 5))
     name = f"3. pull {real.describe('gzip')}, local registry"
     stored = real.stored("gzip") / MiB
     rate = {label: stored / seconds for label, seconds in best_of.items()}
@@ -800,7 +808,9 @@ def main() -> int:
         if "round-trips" in only:
             rows += case_round_trips(layered, args.calls, args.repeat)
         if "pull" in only:
-            rows += case_pull(layered, work, args.bandwidth_mib * MiB, args.latency_ms / 1000)
+            rows += case_pull(
+                layered, work, args.bandwidth_mib * MiB, args.latency_ms / 1000, args.repeat
+            )
         if "real-pull" in only and not args.no_real:
             real = smoke_image(work) if args.smoke else real_image(log=_stderr)
             rows += case_real_pull(real, work, args.repeat)

@@ -155,8 +155,8 @@ async def test_pull_over_a_pool(skopeo: str, big_layers_image: BuiltImage, tmp_p
         if isinstance(event, BlobProgress):
             seen.update(child_pids())
 
-    await pull_async(big_layers_image.ref, tmp_path / "out", jobs=8, progress=watch)
-    assert len(seen) >= 2  # jobs beyond one proxy's share start a second proxy
+    await pull_async(big_layers_image.ref, tmp_path / "out", jobs=16, progress=watch)
+    assert len(seen) >= 2  # jobs beyond one proxy's share (8) start a second proxy
     check_layout(tmp_path / "out", "latest", big_layers_image)
 
 

@@ -56,8 +56,9 @@ __all__ = ["layer_info", "pull_async", "stream_layers_async"]
 
 _log = logging.getLogger("containers_image_proxy")
 
-#: Blobs one proxy streams at once before a pull adds another proxy.
-STREAMS_PER_PROXY = 4
+#: Blobs one proxy streams at once before a pull adds another proxy. One skopeo
+#: serves eight streams as fast as two serve four each (BENCHMARKS.md, case 3).
+STREAMS_PER_PROXY = 8
 #: Proxies a pull starts at most.
 MAX_PROXIES = 4
 
@@ -178,7 +179,7 @@ async def pull_async(
     *,
     tag: str | None = None,
     config: ImageProxyConfig | None = None,
-    jobs: int = 4,
+    jobs: int = 6,
     progress: ProgressCallback | None = None,
     proxy: AsyncImageProxy | None = None,
 ) -> PullResult:
@@ -201,8 +202,9 @@ async def pull_async(
     Blobs already in ``dest`` with the right digest are not fetched again; each new
     blob is verified before it gets its digest name, and ``index.json`` is written
     last, so an interrupted pull can simply be run again. A pull of what is already
-    stored writes nothing. ``jobs`` blobs are fetched at once, over one proxy or,
-    above ``STREAMS_PER_PROXY``, over a few. An open ``proxy`` may be given to reuse
+    stored writes nothing. ``jobs`` blobs are fetched at once (by default six, as
+    ``skopeo copy`` fetches layers), over one proxy or, above ``STREAMS_PER_PROXY``
+    (eight), over a few. An open ``proxy`` may be given to reuse
     it (``config`` is then ignored and ``jobs`` share it).
 
     A blob whose transfer fails for a reason that may pass is fetched again, as the

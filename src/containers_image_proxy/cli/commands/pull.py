@@ -96,7 +96,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tag in DEST (default: the reference's tag, else the image's own, else latest)",
     )
     parser.add_argument(
-        "-j", "--jobs", metavar="N", type=positive_int, default=4, help="blobs fetched at once"
+        "-j",
+        "--jobs",
+        metavar="N",
+        type=positive_int,
+        default=6,
+        help="blobs fetched at once (default: 6, as skopeo copy)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
