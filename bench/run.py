@@ -471,9 +471,11 @@ def case_pull(
     rate = {label: total / s for label, s in seconds.items()}
     parallel = (default, eight, pool)
     rows = [Row(name, label, rate[label], one, rate[one], "MiB/s", True, 3.0) for label in parallel]
+    # At six at once, ours and skopeo copy's take the same waves of capped streams:
+    # level by construction, so no goal; more streams over one proxy must beat it.
     rows += [
-        Row(name, label, rate[label], skopeo, rate[skopeo], "MiB/s", True, 1.0)
-        for label in parallel
+        Row(name, label, rate[label], skopeo, rate[skopeo], "MiB/s", True, goal)
+        for label, goal in ((default, None), (eight, 1.0), (pool, 1.0))
     ]
     return rows
 
