@@ -85,25 +85,28 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
-    """Import the asyncio names (and read ``__version__``) when first asked for."""
-    if name == "__version__":
-        from ._version import package_version
+# Hidden from type checkers, which would otherwise accept any name of the module
+# (the lazy names are declared above for them).
+if not TYPE_CHECKING:
 
-        value: object = package_version()
-    elif name in _LAZY:
-        import importlib
+    def __getattr__(name: str) -> object:
+        """Import the asyncio names (and read ``__version__``) when first asked for."""
+        if name == "__version__":
+            from ._version import package_version
 
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    globals()[name] = value
-    return value
+            value: object = package_version()
+        elif name in _LAZY:
+            import importlib
 
+            value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        else:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        globals()[name] = value
+        return value
 
-def __dir__() -> list[str]:
-    """The public names, those imported on first use included."""
-    return sorted(set(globals()) | set(__all__))
+    def __dir__() -> list[str]:
+        """The public names, those imported on first use included."""
+        return sorted(set(globals()) | set(__all__))
 
 
 __all__ = [

@@ -95,6 +95,8 @@ def test_package_all_lists_exactly_the_public_names() -> None:
 
 def test_an_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'AsyncImageProxi'"):
+        # The ignore is needed, and mypy (warn_unused_ignores) checks that it is: type
+        # checkers must not see the lazy loader, or they would accept any name.
         _ = containers_image_proxy.AsyncImageProxi  # type: ignore[attr-defined]
 
 
