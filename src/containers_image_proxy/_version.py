@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Final, NoReturn
 
 __all__ = [
@@ -30,6 +29,9 @@ _TIMEOUT: Final = 30.0
 
 def package_version() -> str:
     """The installed package's version, or ``0+unknown`` when it is not installed."""
+    # Imported here: importlib.metadata costs ~10 ms, which only --version needs.
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version(DISTRIBUTION)
     except PackageNotFoundError:
