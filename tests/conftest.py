@@ -30,7 +30,9 @@ from tests.support.images import (
     random_bytes,
 )
 from tests.support.registry import Registry, RegistryImage, find_registry_binary
+from tests.support.relay import Relay
 from tests.support.resources import child_pids, open_fds
+from tests.support.skopeos import SKOPEOS, skopeo_command
 
 pytest_plugins = ["tests.support.reliability"]
 
@@ -253,6 +255,28 @@ def auth_registry(
 def registry_image(plain_registry: Registry, oci_image: BuiltImage) -> RegistryImage:
     """``oci_image`` pushed to ``plain_registry`` as test/image:latest."""
     return plain_registry.push_image(oci_image, "test/image", "latest")
+
+
+@pytest.fixture(scope="session")
+def big_registry_image(plain_registry: Registry, big_layers_image: BuiltImage) -> RegistryImage:
+    """``big_layers_image`` (two 3 MiB layers) pushed to ``plain_registry`` as faults/big:latest:
+    big enough to cut, stall or pause a transfer inside a layer."""
+    return plain_registry.push_image(big_layers_image, "faults/big", "latest")
+
+
+@pytest.fixture
+def relay(plain_registry: Registry) -> Iterator[Relay]:
+    """A relay in front of ``plain_registry``, to inject faults into (``relay.faults``);
+    ``relay.image_ref(image)`` names an image through it."""
+    with Relay(plain_registry.host) as r:
+        yield r
+
+
+@pytest.fixture(params=SKOPEOS)
+def skopeo_cmd(request: pytest.FixtureRequest) -> list[str]:
+    """Each skopeo the fault tests run against: Debian's, and the upstream build when
+    ``CIP_TEST_SKOPEO_UPSTREAM`` names it (skipped otherwise)."""
+    return skopeo_command(request.param)
 
 
 # ============================================================================

@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypedDict, Unpack
 
@@ -35,9 +35,9 @@ from containers_image_proxy import (
 from containers_image_proxy.oci import Descriptor
 from tests.support.fakeproxy import fake_skopeo
 from tests.support.images import BuiltImage
-from tests.support.registry import Registry, RegistryImage
+from tests.support.registry import RegistryImage
 from tests.support.relay import Relay
-from tests.support.skopeos import SKOPEOS, UPSTREAM_ENV, skopeo_command
+from tests.support.skopeos import UPSTREAM_ENV, skopeo_command
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -48,27 +48,6 @@ Observe = Callable[[str], None]
 MID_BLOB = 1_000_000
 #: The client must report a cut within this many seconds.
 REPORT_WITHIN = 5.0
-
-
-@pytest.fixture(params=SKOPEOS)
-def skopeo_cmd(request: pytest.FixtureRequest) -> list[str]:
-    return skopeo_command(request.param)
-
-
-@pytest.fixture(scope="module")
-def big_image(plain_registry: Registry, big_layers_image: BuiltImage) -> RegistryImage:
-    """``big_layers_image`` (two 3 MiB layers) in the plain-HTTP registry."""
-    return plain_registry.push_image(big_layers_image, "dead/big", "latest")
-
-
-@pytest.fixture
-def relay(plain_registry: Registry) -> Iterator[Relay]:
-    with Relay(plain_registry.host) as r:
-        yield r
-
-
-def _ref(relay: Relay, image: RegistryImage) -> str:
-    return f"docker://{relay.address}/{image.repo}:{image.tag}"
 
 
 class _Timeouts(TypedDict, total=False):
@@ -110,7 +89,7 @@ def _skopeo_name(skopeo_cmd: list[str]) -> str:
 @pytest.mark.parametrize("how", ["read", "copy_to"])
 async def test_cut_is_reported_in_seconds(
     relay: Relay,
-    big_image: RegistryImage,
+    big_registry_image: RegistryImage,
     skopeo_cmd: list[str],
     how: str,
     tmp_path: Path,
@@ -120,7 +99,7 @@ async def test_cut_is_reported_in_seconds(
     config = _config(skopeo_cmd, stall_timeout=60)
     async with (
         AsyncImageProxy(config) as proxy,
-        await proxy.open_image(_ref(relay, big_image)) as img,
+        await proxy.open_image(relay.image_ref(big_registry_image)) as img,
     ):
         version = proxy.protocol_version
         _, manifest = await proxy.fetch_manifest(img)
@@ -140,7 +119,7 @@ async def test_cut_is_reported_in_seconds(
         # FinishPipe was answered: the proxy serves the next request at once.
         relay.set_faults()
         assert await _fetch(proxy, img, layer, how, tmp_path / "out") == _layer_data(
-            big_image, layer
+            big_registry_image, layer
         )
     observe(
         f"{_skopeo_name(skopeo_cmd)} ({version}), {relay.cuts} cut(s):"
@@ -151,14 +130,14 @@ async def test_cut_is_reported_in_seconds(
 
 @pytest.mark.reliability("fault", "registry resets the connection mid-blob (GetRawBlob)")
 async def test_cut_raw_blob_is_reported_in_seconds(
-    relay: Relay, big_image: RegistryImage, observe: Observe
+    relay: Relay, big_registry_image: RegistryImage, observe: Observe
 ) -> None:
     # GetRawBlob has no FinishPipe: the worker writes the error to the error pipe
     # and closes both pipes as soon as the source fails (seen with 1.22-dev).
     config = _config(skopeo_command("upstream"), stall_timeout=60)
     async with (
         AsyncImageProxy(config) as proxy,
-        await proxy.open_image(_ref(relay, big_image)) as img,
+        await proxy.open_image(relay.image_ref(big_registry_image)) as img,
     ):
         _, manifest = await proxy.fetch_manifest(img)
         layer = manifest.layers[0]
@@ -173,7 +152,7 @@ async def test_cut_raw_blob_is_reported_in_seconds(
         assert info.value.retryable
         relay.set_faults()
         async with await proxy.get_raw_blob(img, layer.digest, size=layer.size) as blob:
-            assert await blob.read() == _layer_data(big_image, layer)
+            assert await blob.read() == _layer_data(big_registry_image, layer)
     observe(
         f"{type(info.value).__name__} {after_cut:.2f}s after the last cut ({relay.cuts} cuts):"
         f" {info.value.message}"
@@ -187,7 +166,7 @@ async def test_cut_raw_blob_is_reported_in_seconds(
 @pytest.mark.parametrize("how", ["read", "copy_to"])
 async def test_slow_source_goes_on(
     relay: Relay,
-    big_image: RegistryImage,
+    big_registry_image: RegistryImage,
     skopeo_cmd: list[str],
     how: str,
     tmp_path: Path,
@@ -199,7 +178,7 @@ async def test_slow_source_goes_on(
     caplog.set_level(logging.DEBUG, logger="containers_image_proxy")
     async with (
         AsyncImageProxy(config) as proxy,
-        await proxy.open_image(_ref(relay, big_image)) as img,
+        await proxy.open_image(relay.image_ref(big_registry_image)) as img,
     ):
         _, manifest = await proxy.fetch_manifest(img)
         layer = manifest.layers[0]
@@ -212,14 +191,14 @@ async def test_slow_source_goes_on(
         finally:
             resume.cancel()
         elapsed = time.monotonic() - start
-        assert data == _layer_data(big_image, layer)
+        assert data == _layer_data(big_registry_image, layer)
         assert elapsed >= pause
         assert "FinishPipe sent as a probe" in caplog.text  # it was asked, and waited
         assert relay.cuts == 0
         # The probe's reply came with the end of the data: the proxy is free again.
         other = manifest.layers[1]
         assert await _fetch(proxy, img, other, how, tmp_path / "out") == _layer_data(
-            big_image, other
+            big_registry_image, other
         )
     observe(
         f"{_skopeo_name(skopeo_cmd)}: a {pause:.0f}s pause with probe_interval=1: the probe"
@@ -231,13 +210,13 @@ async def test_slow_source_goes_on(
     "fault", "registry goes silent mid-blob after the probe: stall timeout, proxy retired"
 )
 async def test_silent_source_after_probe_stalls(
-    relay: Relay, big_image: RegistryImage, skopeo_cmd: list[str], observe: Observe
+    relay: Relay, big_registry_image: RegistryImage, skopeo_cmd: list[str], observe: Observe
 ) -> None:
     stall = 4.0
     config = _config(skopeo_cmd, stall_timeout=stall, probe_interval=1)
     proxy = await AsyncImageProxy(config).open()
     try:
-        img = await proxy.open_image(_ref(relay, big_image))
+        img = await proxy.open_image(relay.image_ref(big_registry_image))
         _, manifest = await proxy.fetch_manifest(img)
         relay.set_faults(stall_after=MID_BLOB)
         start = time.monotonic()
@@ -322,14 +301,14 @@ async def test_failed_source_known_size(big_layers_image: BuiltImage, probe: flo
     "bad input", "another request from the reader of a probed blob, before its end"
 )
 async def test_request_before_the_end_of_a_probed_blob(
-    relay: Relay, big_image: RegistryImage, observe: Observe
+    relay: Relay, big_registry_image: RegistryImage, observe: Observe
 ) -> None:
     # After a probe the proxy waits for the rest of that blob: a request from the
     # same thread or task before the blob's end could never be served.
     config = _config(skopeo_command("debian"), stall_timeout=30, probe_interval=0.5)
     async with (
         AsyncImageProxy(config) as proxy,
-        await proxy.open_image(_ref(relay, big_image)) as img,
+        await proxy.open_image(relay.image_ref(big_registry_image)) as img,
     ):
         digest, manifest = await proxy.fetch_manifest(img)
         layer = manifest.layers[0]
@@ -343,7 +322,7 @@ async def test_request_before_the_end_of_a_probed_blob(
                     head += await blob.read(1 << 16)
                 with pytest.raises(BusyError, match="FinishPipe is out") as info:
                     await proxy.fetch_manifest(img)
-                assert head + await blob.read() == _layer_data(big_image, layer)
+                assert head + await blob.read() == _layer_data(big_registry_image, layer)
         finally:
             resume.cancel()
         assert (await proxy.fetch_manifest(img))[0] == digest  # free again

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,9 +33,8 @@ from containers_image_proxy import (
 )
 from containers_image_proxy.oci import Descriptor
 from tests.support.images import BuiltImage, random_bytes, run_skopeo
-from tests.support.registry import Registry, RegistryImage
+from tests.support.registry import RegistryImage
 from tests.support.relay import Relay
-from tests.support.skopeos import SKOPEOS, skopeo_command
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -48,26 +47,6 @@ LAYER_FILES = {
     "big/a.bin": random_bytes(3 << 20, seed=11),
     "big/b.bin": random_bytes(3 << 20, seed=12),
 }
-
-
-@pytest.fixture(params=SKOPEOS)
-def skopeo_cmd(request: pytest.FixtureRequest) -> list[str]:
-    return skopeo_command(request.param)
-
-
-@pytest.fixture(scope="module")
-def big_image(plain_registry: Registry, big_layers_image: BuiltImage) -> RegistryImage:
-    return plain_registry.push_image(big_layers_image, "retry/big", "latest")
-
-
-@pytest.fixture
-def relay(plain_registry: Registry) -> Iterator[Relay]:
-    with Relay(plain_registry.host) as r:
-        yield r
-
-
-def _ref(relay: Relay, image: RegistryImage) -> str:
-    return f"docker://{relay.address}/{image.repo}:{image.tag}"
 
 
 def _config(skopeo_cmd: list[str], **options: float | int | None) -> ImageProxyConfig:
@@ -110,7 +89,7 @@ def _check_retries(retries: list[BlobRetrying] | tuple[BlobRetrying, ...], limit
 @pytest.mark.reliability("fault", "pull: the first two layer connections are reset mid-blob")
 async def test_pull_retries_cut_connections(
     relay: Relay,
-    big_image: RegistryImage,
+    big_registry_image: RegistryImage,
     skopeo_cmd: list[str],
     tmp_path: Path,
     observe: Observe,
@@ -120,11 +99,15 @@ async def test_pull_retries_cut_connections(
     dest = tmp_path / "layout"
     start = time.monotonic()
     result = await pull_async(
-        _ref(relay, big_image), dest, config=_config(skopeo_cmd), jobs=1, progress=events.append
+        relay.image_ref(big_registry_image),
+        dest,
+        config=_config(skopeo_cmd),
+        jobs=1,
+        progress=events.append,
     )
     elapsed = time.monotonic() - start
     assert relay.cuts == 2
-    _check_layout(dest, big_image)
+    _check_layout(dest, big_registry_image)
     _check_retries(result.retries, 3)
     assert [e for e in events if isinstance(e, BlobRetrying)] == list(result.retries)
     # Nothing of a failed attempt is left behind.
@@ -141,14 +124,14 @@ async def test_pull_retries_cut_connections(
 
 
 async def test_pull_gives_up_after_retry_times(
-    relay: Relay, big_image: RegistryImage, skopeo_cmd: list[str], tmp_path: Path
+    relay: Relay, big_registry_image: RegistryImage, skopeo_cmd: list[str], tmp_path: Path
 ) -> None:
     relay.set_faults(cut_after=MID_BLOB)  # every connection
     events: list[PullEvent] = []
     dest = tmp_path / "layout"
     with pytest.raises(RequestError, match="connection reset by peer"):
         await pull_async(
-            _ref(relay, big_image),
+            relay.image_ref(big_registry_image),
             dest,
             config=_config(skopeo_cmd, retry_times=2),
             jobs=1,
@@ -162,13 +145,13 @@ async def test_pull_gives_up_after_retry_times(
 
 
 async def test_pull_without_retries_fails_at_the_first_cut(
-    relay: Relay, big_image: RegistryImage, skopeo_cmd: list[str], tmp_path: Path
+    relay: Relay, big_registry_image: RegistryImage, skopeo_cmd: list[str], tmp_path: Path
 ) -> None:
     relay.set_faults(cut_after=MID_BLOB, max_cuts=2)
     events: list[PullEvent] = []
     with pytest.raises(RequestError):
         await pull_async(
-            _ref(relay, big_image),
+            relay.image_ref(big_registry_image),
             tmp_path / "layout",
             config=_config(skopeo_cmd, retry_times=0),
             jobs=1,
@@ -198,7 +181,7 @@ async def test_verification_failure_is_not_retried(
 )
 async def test_pull_replaces_a_proxy_stuck_on_a_silent_source(
     relay: Relay,
-    big_image: RegistryImage,
+    big_registry_image: RegistryImage,
     skopeo_cmd: list[str],
     tmp_path: Path,
     observe: Observe,
@@ -212,14 +195,14 @@ async def test_pull_replaces_a_proxy_stuck_on_a_silent_source(
     dest = tmp_path / "layout"
     start = time.monotonic()
     result = await pull_async(
-        _ref(relay, big_image),
+        relay.image_ref(big_registry_image),
         dest,
         config=_config(skopeo_cmd, stall_timeout=3, probe_interval=1),
         jobs=1,
         progress=heal,
     )
     elapsed = time.monotonic() - start
-    _check_layout(dest, big_image)
+    _check_layout(dest, big_registry_image)
     assert len(result.retries) == 1
     assert "no longer usable" in str(result.retries[0].error)
     observe(
@@ -233,7 +216,7 @@ async def test_pull_replaces_a_proxy_stuck_on_a_silent_source(
 
 @pytest.mark.reliability("fault", "stream_layers: layer connections reset mid-blob")
 async def test_stream_layers_resumes(
-    relay: Relay, big_image: RegistryImage, skopeo_cmd: list[str], observe: Observe
+    relay: Relay, big_registry_image: RegistryImage, skopeo_cmd: list[str], observe: Observe
 ) -> None:
     relay.set_faults(cut_after=MID_BLOB, max_cuts=2)
     received: dict[str, bytes] = {}
@@ -246,10 +229,13 @@ async def test_stream_layers_resumes(
         received[str(layer.digest)] = b"".join(chunks)
 
     layers = await stream_layers_async(
-        _ref(relay, big_image), consume, config=_config(skopeo_cmd), on_retry=retries.append
+        relay.image_ref(big_registry_image),
+        consume,
+        config=_config(skopeo_cmd),
+        on_retry=retries.append,
     )
     assert relay.cuts == 2
-    assert received == {digest: data for digest, _, _, data in big_image.image.layers}
+    assert received == {digest: data for digest, _, _, data in big_registry_image.image.layers}
     assert [str(layer.digest) for layer in layers] == list(received)
     _check_retries(retries, 3)
     observe(f"{_retries(len(retries))} for {relay.cuts} cuts; every layer byte-exact")
@@ -259,7 +245,7 @@ async def test_stream_layers_resumes(
 @pytest.mark.parametrize("own_proxy", [True, False], ids=["own-proxy", "given-proxy"])
 async def test_unpack_resumes(
     relay: Relay,
-    big_image: RegistryImage,
+    big_registry_image: RegistryImage,
     skopeo_cmd: list[str],
     tmp_path: Path,
     own_proxy: bool,
@@ -273,12 +259,12 @@ async def test_unpack_resumes(
     seen: list[BlobRetrying] = []
     if own_proxy:
         result = await unpack_async(
-            _ref(relay, big_image), dest, config=config, on_retry=seen.append
+            relay.image_ref(big_registry_image), dest, config=config, on_retry=seen.append
         )
     else:
         async with AsyncImageProxy(config) as proxy:
             result = await unpack_async(
-                _ref(relay, big_image), dest, proxy=proxy, on_retry=seen.append
+                relay.image_ref(big_registry_image), dest, proxy=proxy, on_retry=seen.append
             )
     assert relay.cuts == 2
     for name, data in LAYER_FILES.items():

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -35,9 +35,8 @@ from containers_image_proxy import (
 )
 from containers_image_proxy.oci import Descriptor
 from tests.support.images import BuiltImage, random_bytes, run_skopeo
-from tests.support.registry import Registry, RegistryImage
+from tests.support.registry import RegistryImage
 from tests.support.relay import Relay
-from tests.support.skopeos import SKOPEOS, skopeo_command
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -50,26 +49,6 @@ LAYER_FILES = {
     "big/a.bin": random_bytes(3 << 20, seed=11),
     "big/b.bin": random_bytes(3 << 20, seed=12),
 }
-
-
-@pytest.fixture(params=SKOPEOS)
-def skopeo_cmd(request: pytest.FixtureRequest) -> list[str]:
-    return skopeo_command(request.param)
-
-
-@pytest.fixture(scope="module")
-def big_image(plain_registry: Registry, big_layers_image: BuiltImage) -> RegistryImage:
-    return plain_registry.push_image(big_layers_image, "retry/big", "latest")
-
-
-@pytest.fixture
-def relay(plain_registry: Registry) -> Iterator[Relay]:
-    with Relay(plain_registry.host) as r:
-        yield r
-
-
-def _ref(relay: Relay, image: RegistryImage) -> str:
-    return f"docker://{relay.address}/{image.repo}:{image.tag}"
 
 
 def _config(skopeo_cmd: list[str], **options: float | int | None) -> ImageProxyConfig:
@@ -112,7 +91,7 @@ def _check_retries(retries: list[BlobRetrying] | tuple[BlobRetrying, ...], limit
 @pytest.mark.reliability("fault", "pull: the first two layer connections are reset mid-blob")
 def test_pull_retries_cut_connections(
     relay: Relay,
-    big_image: RegistryImage,
+    big_registry_image: RegistryImage,
     skopeo_cmd: list[str],
     tmp_path: Path,
     observe: Observe,
@@ -122,11 +101,15 @@ def test_pull_retries_cut_connections(
     dest = tmp_path / "layout"
     start = time.monotonic()
     result = pull(
-        _ref(relay, big_image), dest, config=_config(skopeo_cmd), jobs=1, progress=events.append
+        relay.image_ref(big_registry_image),
+        dest,
+        config=_config(skopeo_cmd),
+        jobs=1,
+        progress=events.append,
     )
     elapsed = time.monotonic() - start
     assert relay.cuts == 2
-    _check_layout(dest, big_image)
+    _check_layout(dest, big_registry_image)
     _check_retries(result.retries, 3)
     assert [e for e in events if isinstance(e, BlobRetrying)] == list(result.retries)
     # Nothing of a failed attempt is left behind.
@@ -143,14 +126,14 @@ def test_pull_retries_cut_connections(
 
 
 def test_pull_gives_up_after_retry_times(
-    relay: Relay, big_image: RegistryImage, skopeo_cmd: list[str], tmp_path: Path
+    relay: Relay, big_registry_image: RegistryImage, skopeo_cmd: list[str], tmp_path: Path
 ) -> None:
     relay.set_faults(cut_after=MID_BLOB)  # every connection
     events: list[PullEvent] = []
     dest = tmp_path / "layout"
     with pytest.raises(RequestError, match="connection reset by peer"):
         pull(
-            _ref(relay, big_image),
+            relay.image_ref(big_registry_image),
             dest,
             config=_config(skopeo_cmd, retry_times=2),
             jobs=1,
@@ -164,13 +147,13 @@ def test_pull_gives_up_after_retry_times(
 
 
 def test_pull_without_retries_fails_at_the_first_cut(
-    relay: Relay, big_image: RegistryImage, skopeo_cmd: list[str], tmp_path: Path
+    relay: Relay, big_registry_image: RegistryImage, skopeo_cmd: list[str], tmp_path: Path
 ) -> None:
     relay.set_faults(cut_after=MID_BLOB, max_cuts=2)
     events: list[PullEvent] = []
     with pytest.raises(RequestError):
         pull(
-            _ref(relay, big_image),
+            relay.image_ref(big_registry_image),
             tmp_path / "layout",
             config=_config(skopeo_cmd, retry_times=0),
             jobs=1,
@@ -200,7 +183,7 @@ def test_verification_failure_is_not_retried(
 )
 def test_pull_replaces_a_proxy_stuck_on_a_silent_source(
     relay: Relay,
-    big_image: RegistryImage,
+    big_registry_image: RegistryImage,
     skopeo_cmd: list[str],
     tmp_path: Path,
     observe: Observe,
@@ -214,14 +197,14 @@ def test_pull_replaces_a_proxy_stuck_on_a_silent_source(
     dest = tmp_path / "layout"
     start = time.monotonic()
     result = pull(
-        _ref(relay, big_image),
+        relay.image_ref(big_registry_image),
         dest,
         config=_config(skopeo_cmd, stall_timeout=3, probe_interval=1),
         jobs=1,
         progress=heal,
     )
     elapsed = time.monotonic() - start
-    _check_layout(dest, big_image)
+    _check_layout(dest, big_registry_image)
     assert len(result.retries) == 1
     assert "no longer usable" in str(result.retries[0].error)
     observe(
@@ -235,7 +218,7 @@ def test_pull_replaces_a_proxy_stuck_on_a_silent_source(
 
 @pytest.mark.reliability("fault", "stream_layers: layer connections reset mid-blob")
 def test_stream_layers_resumes(
-    relay: Relay, big_image: RegistryImage, skopeo_cmd: list[str], observe: Observe
+    relay: Relay, big_registry_image: RegistryImage, skopeo_cmd: list[str], observe: Observe
 ) -> None:
     relay.set_faults(cut_after=MID_BLOB, max_cuts=2)
     received: dict[str, bytes] = {}
@@ -248,10 +231,13 @@ def test_stream_layers_resumes(
         received[str(layer.digest)] = b"".join(chunks)
 
     layers = stream_layers(
-        _ref(relay, big_image), consume, config=_config(skopeo_cmd), on_retry=retries.append
+        relay.image_ref(big_registry_image),
+        consume,
+        config=_config(skopeo_cmd),
+        on_retry=retries.append,
     )
     assert relay.cuts == 2
-    assert received == {digest: data for digest, _, _, data in big_image.image.layers}
+    assert received == {digest: data for digest, _, _, data in big_registry_image.image.layers}
     assert [str(layer.digest) for layer in layers] == list(received)
     _check_retries(retries, 3)
     observe(f"{_retries(len(retries))} for {relay.cuts} cuts; every layer byte-exact")
@@ -261,7 +247,7 @@ def test_stream_layers_resumes(
 @pytest.mark.parametrize("own_proxy", [True, False], ids=["own-proxy", "given-proxy"])
 def test_unpack_resumes(
     relay: Relay,
-    big_image: RegistryImage,
+    big_registry_image: RegistryImage,
     skopeo_cmd: list[str],
     tmp_path: Path,
     own_proxy: bool,
@@ -274,10 +260,14 @@ def test_unpack_resumes(
     config = _config(skopeo_cmd)
     seen: list[BlobRetrying] = []
     if own_proxy:
-        result = unpack(_ref(relay, big_image), dest, config=config, on_retry=seen.append)
+        result = unpack(
+            relay.image_ref(big_registry_image), dest, config=config, on_retry=seen.append
+        )
     else:
         with ImageProxy(config) as proxy:
-            result = unpack(_ref(relay, big_image), dest, proxy=proxy, on_retry=seen.append)
+            result = unpack(
+                relay.image_ref(big_registry_image), dest, proxy=proxy, on_retry=seen.append
+            )
     assert relay.cuts == 2
     for name, data in LAYER_FILES.items():
         assert (dest / name).read_bytes() == data

@@ -17,7 +17,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -243,12 +242,6 @@ def test_access_denied(oci_image: BuiltImage, tmp_path: Path, skopeo: str) -> No
 
 
 # --------------------------------------------------------------------------- network
-
-
-@pytest.fixture
-def relay(plain_registry: Registry) -> Iterator[Relay]:
-    with Relay(plain_registry.host) as r:
-        yield r
 
 
 @pytest.fixture(scope="module")

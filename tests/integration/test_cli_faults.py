@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ import pytest
 from containers_image_proxy import ImageProxy, _process, cli
 from containers_image_proxy.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED
 from tests.support.images import BuiltImage, random_bytes, run_skopeo
-from tests.support.registry import Registry, RegistryImage
+from tests.support.registry import RegistryImage
 from tests.support.relay import Relay
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -49,21 +49,6 @@ RUNNER = (
     "    _process._SETPRIV = None\n"
     "raise SystemExit(cli.main(sys.argv[2:]))\n"
 )
-
-
-@pytest.fixture(scope="module")
-def big_image(plain_registry: Registry, big_layers_image: BuiltImage) -> RegistryImage:
-    return plain_registry.push_image(big_layers_image, "cli/big", "latest")
-
-
-@pytest.fixture
-def relay(plain_registry: Registry) -> Iterator[Relay]:
-    with Relay(plain_registry.host) as r:
-        yield r
-
-
-def _ref(relay: Relay, image: RegistryImage) -> str:
-    return f"docker://{relay.address}/{image.repo}:{image.tag}"
 
 
 def _env(marker: str) -> dict[str, str]:
@@ -178,7 +163,7 @@ def _no_temporaries(dest: Path) -> None:
 @pytest.mark.parametrize("spawn", ["setpriv", "preexec_fn"])
 def test_ctrl_c_during_pull(
     relay: Relay,
-    big_image: RegistryImage,
+    big_registry_image: RegistryImage,
     tmp_path: Path,
     spawn: str,
     observe: Observe,
@@ -187,7 +172,7 @@ def test_ctrl_c_during_pull(
     dest = tmp_path / "layout"
     relay.set_faults(bandwidth=1 << 20)  # the layers take about 6 s
     term = Terminal(
-        _command(spawn, "--tls-verify=false", "pull", _ref(relay, big_image), dest),
+        _command(spawn, "--tls-verify=false", "pull", relay.image_ref(big_registry_image), dest),
         _env(marker),
     )
     _wait_for(lambda: relay.bytes_down > 1_500_000, 30, "the layers to stream")
@@ -209,7 +194,9 @@ def test_ctrl_c_during_pull(
     # The next run takes up what is there.
     relay.set_faults()
     again = subprocess.run(
-        _command(spawn, "--tls-verify=false", "pull", "--json", _ref(relay, big_image), dest),
+        _command(
+            spawn, "--tls-verify=false", "pull", "--json", relay.image_ref(big_registry_image), dest
+        ),
         capture_output=True,
         env=_env(marker),
         timeout=120,
@@ -217,7 +204,7 @@ def test_ctrl_c_during_pull(
     assert again.returncode == EXIT_OK, again.stderr.decode()
     result = json.loads(again.stdout)
     assert result["skipped"], "nothing of the interrupted pull was kept"
-    _check_layout(dest, big_image)
+    _check_layout(dest, big_registry_image)
     observe(
         f"{spawn}: exit {status} {stopped:.2f}s after ^C, 'interrupted', no traceback,"
         f" skopeo pid(s) {skopeos} gone, no temporary blob; the next pull skipped"
@@ -227,13 +214,15 @@ def test_ctrl_c_during_pull(
 
 @pytest.mark.reliability("process", "Ctrl-C in a terminal during unpack")
 def test_ctrl_c_during_unpack(
-    relay: Relay, big_image: RegistryImage, tmp_path: Path, observe: Observe
+    relay: Relay, big_registry_image: RegistryImage, tmp_path: Path, observe: Observe
 ) -> None:
     marker = uuid.uuid4().hex
     dest = tmp_path / "rootfs"
     relay.set_faults(bandwidth=1 << 20)
     term = Terminal(
-        _command("setpriv", "--tls-verify=false", "unpack", _ref(relay, big_image), dest),
+        _command(
+            "setpriv", "--tls-verify=false", "unpack", relay.image_ref(big_registry_image), dest
+        ),
         _env(marker),
     )
     _wait_for(lambda: (dest / "big" / "a.bin").exists(), 30, "the first layer to unpack")
@@ -248,7 +237,9 @@ def test_ctrl_c_during_unpack(
 
     relay.set_faults()
     again = subprocess.run(
-        _command("setpriv", "--tls-verify=false", "unpack", _ref(relay, big_image), dest),
+        _command(
+            "setpriv", "--tls-verify=false", "unpack", relay.image_ref(big_registry_image), dest
+        ),
         capture_output=True,
         env=_env(marker),
         timeout=120,
@@ -260,12 +251,16 @@ def test_ctrl_c_during_unpack(
 
 
 @pytest.mark.reliability("process", "SIGTERM during pull")
-def test_sigterm_during_pull(relay: Relay, big_image: RegistryImage, tmp_path: Path) -> None:
+def test_sigterm_during_pull(
+    relay: Relay, big_registry_image: RegistryImage, tmp_path: Path
+) -> None:
     marker = uuid.uuid4().hex
     dest = tmp_path / "layout"
     relay.set_faults(bandwidth=1 << 20)
     with subprocess.Popen(
-        _command("setpriv", "--tls-verify=false", "pull", _ref(relay, big_image), dest),
+        _command(
+            "setpriv", "--tls-verify=false", "pull", relay.image_ref(big_registry_image), dest
+        ),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -334,7 +329,7 @@ def test_skopeo_has_its_own_process_group(
 
 @pytest.mark.reliability("fault", "CLI pull: layer connections reset mid-blob")
 def test_pull_retries_from_the_command_line(
-    relay: Relay, big_image: RegistryImage, tmp_path: Path, observe: Observe
+    relay: Relay, big_registry_image: RegistryImage, tmp_path: Path, observe: Observe
 ) -> None:
     relay.set_faults(cut_after=MID_BLOB, max_cuts=2)
     dest = tmp_path / "layout"
@@ -345,7 +340,7 @@ def test_pull_retries_from_the_command_line(
             "2",
             "--retry-delay",
             "100ms",
-            _ref(relay, big_image),
+            relay.image_ref(big_registry_image),
             dest,
         ],
         capture_output=True,
@@ -360,12 +355,12 @@ def test_pull_retries_from_the_command_line(
     assert all("connection reset by peer" in r["error"] for r in retries)
     assert err.count("retrying ") == 2 and "in 0.1s after:" in err
     assert ", 2 retries" in err
-    _check_layout(dest, big_image)
+    _check_layout(dest, big_registry_image)
     observe(err.strip().splitlines()[-1])
 
 
 def test_pull_without_retries_from_the_command_line(
-    relay: Relay, big_image: RegistryImage, tmp_path: Path
+    relay: Relay, big_registry_image: RegistryImage, tmp_path: Path
 ) -> None:
     relay.set_faults(cut_after=MID_BLOB, max_cuts=1)
     start = time.monotonic()
@@ -374,7 +369,7 @@ def test_pull_without_retries_from_the_command_line(
             *_command("setpriv", "--tls-verify=false", "--retry-times", "0", "pull"),
             "--stall-timeout",
             "60",
-            _ref(relay, big_image),
+            relay.image_ref(big_registry_image),
             tmp_path / "layout",
         ],
         capture_output=True,

@@ -37,8 +37,7 @@ from containers_image_proxy import (
     VerificationError,
 )
 from containers_image_proxy.oci import Descriptor
-from tests.support.images import BuiltImage
-from tests.support.registry import Registry, RegistryImage
+from tests.support.registry import RegistryImage
 from tests.support.relay import Relay
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -47,22 +46,6 @@ Observe = Callable[[str], None]
 
 #: A layer of big_layers_image is 3 MiB (plus tar headers); cut or stall inside it here.
 MID_BLOB = 1_000_000
-
-
-@pytest.fixture(scope="module")
-def big_registry_image(plain_registry: Registry, big_layers_image: BuiltImage) -> RegistryImage:
-    """``big_layers_image`` (two 3 MiB layers) pushed to ``plain_registry``."""
-    return plain_registry.push_image(big_layers_image, "faults/big", "latest")
-
-
-@pytest.fixture
-def relay(plain_registry: Registry) -> Iterator[Relay]:
-    with Relay(plain_registry.host) as r:
-        yield r
-
-
-def _ref(relay: Relay, image: RegistryImage) -> str:
-    return f"docker://{relay.address}/{image.repo}:{image.tag}"
 
 
 def _config(stall_timeout: float | None = 5.0) -> ImageProxyConfig:
@@ -94,7 +77,7 @@ async def _aread_blob(proxy: AsyncImageProxy, img: OpenedImage, layer: Descripto
 def _fetch_all(proxy: ImageProxy, relay: Relay, image: RegistryImage) -> None:
     """Open the image through ``relay``; check manifest, config and every layer."""
     expected = _layers(image)
-    with proxy.open_image(_ref(relay, image)) as img:
+    with proxy.open_image(relay.image_ref(image)) as img:
         digest, manifest = proxy.fetch_manifest(img)
         assert digest == image.image.manifest_digest
         # GetFullConfig re-serialises an OCI config: the exact bytes come from GetBlob.
@@ -106,7 +89,7 @@ def _fetch_all(proxy: ImageProxy, relay: Relay, image: RegistryImage) -> None:
 
 async def _afetch_all(proxy: AsyncImageProxy, relay: Relay, image: RegistryImage) -> None:
     expected = _layers(image)
-    async with await proxy.open_image(_ref(relay, image)) as img:
+    async with await proxy.open_image(relay.image_ref(image)) as img:
         digest, manifest = await proxy.fetch_manifest(img)
         assert digest == image.image.manifest_digest
         config = await proxy.fetch_config(img)
@@ -169,7 +152,7 @@ def test_latency(relay: Relay, big_registry_image: RegistryImage, observe: Obser
     relay.set_faults(latency=0.05)
     with ImageProxy(_config()) as proxy:
         start = time.monotonic()
-        with proxy.open_image(_ref(relay, big_registry_image)):
+        with proxy.open_image(relay.image_ref(big_registry_image)):
             opened = time.monotonic() - start
         _fetch_all(proxy, relay, big_registry_image)
         elapsed = time.monotonic() - start
@@ -183,7 +166,10 @@ def test_latency(relay: Relay, big_registry_image: RegistryImage, observe: Obser
 @pytest.mark.reliability("fault", "registry behind a 4 MiB/s bandwidth cap")
 def test_bandwidth_cap(relay: Relay, big_registry_image: RegistryImage, observe: Observe) -> None:
     expected = _layers(big_registry_image)
-    with ImageProxy(_config()) as proxy, proxy.open_image(_ref(relay, big_registry_image)) as img:
+    with (
+        ImageProxy(_config()) as proxy,
+        proxy.open_image(relay.image_ref(big_registry_image)) as img,
+    ):
         _, manifest = proxy.fetch_manifest(img)
         total = sum(layer.size for layer in manifest.layers)
         relay.set_faults(bandwidth=4 << 20)
@@ -212,7 +198,7 @@ def test_cut_during_blob(
     stall = 2.0
     expected = _layers(big_registry_image)
     with ImageProxy(_config(stall)) as proxy:
-        img = proxy.open_image(_ref(relay, big_registry_image))
+        img = proxy.open_image(relay.image_ref(big_registry_image))
         _, manifest = proxy.fetch_manifest(img)
         layer = manifest.layers[0]
         assert layer.size > cut_after  # the cut falls inside this blob's response
@@ -233,7 +219,7 @@ def test_cut_during_blob(
         # The proxy is still usable.
         relay.set_faults()
         proxy.close_image(img)
-        with proxy.open_image(_ref(relay, big_registry_image)) as img2:
+        with proxy.open_image(relay.image_ref(big_registry_image)) as img2:
             _, manifest = proxy.fetch_manifest(img2)
             assert _read_blob(proxy, img2, layer) == expected[str(layer.digest)]
     observe(f"cut after {cut_after} bytes: {outcome}; next open + blob OK")
@@ -248,13 +234,13 @@ def test_cut_during_open(
         relay.set_faults(cut_after=cut_after)
         start = time.monotonic()
         with pytest.raises(RequestError) as info:
-            img = proxy.open_image(_ref(relay, registry_image))
+            img = proxy.open_image(relay.image_ref(registry_image))
             proxy.fetch_manifest(img)
         elapsed = time.monotonic() - start
         assert info.value.method == "OpenImage"
         assert elapsed < 5
         relay.set_faults()
-        with proxy.open_image(_ref(relay, registry_image)) as img:
+        with proxy.open_image(relay.image_ref(registry_image)) as img:
             assert proxy.fetch_manifest(img)[0] == registry_image.image.manifest_digest
     observe(
         f"cut after {cut_after} bytes: RequestError after {elapsed:.2f}s"
@@ -264,7 +250,7 @@ def test_cut_during_open(
 
 @pytest.mark.reliability("fault", "connection reset during GetFullConfig")
 def test_cut_during_config(relay: Relay, registry_image: RegistryImage, observe: Observe) -> None:
-    with ImageProxy(_config()) as proxy, proxy.open_image(_ref(relay, registry_image)) as img:
+    with ImageProxy(_config()) as proxy, proxy.open_image(relay.image_ref(registry_image)) as img:
         relay.set_faults(cut_after=0)
         # The manifest was fetched by OpenImage: GetManifest needs no network.
         assert proxy.fetch_manifest(img)[0] == registry_image.image.manifest_digest
@@ -288,7 +274,7 @@ def test_cut_during_config(relay: Relay, registry_image: RegistryImage, observe:
 @pytest.mark.reliability("fault", "registry stalls forever mid-blob (blocking client)")
 def test_stall_mid_blob(relay: Relay, big_registry_image: RegistryImage, observe: Observe) -> None:
     with ImageProxy(_config(stall_timeout=2)) as proxy:
-        img = proxy.open_image(_ref(relay, big_registry_image))
+        img = proxy.open_image(relay.image_ref(big_registry_image))
         _, manifest = proxy.fetch_manifest(img)
         relay.set_faults(stall_after=MID_BLOB)
         start = time.monotonic()
@@ -315,7 +301,7 @@ async def test_stall_mid_blob_async(
     relay: Relay, big_registry_image: RegistryImage, observe: Observe
 ) -> None:
     async with AsyncImageProxy(_config(stall_timeout=2)) as proxy:
-        img = await proxy.open_image(_ref(relay, big_registry_image))
+        img = await proxy.open_image(relay.image_ref(big_registry_image))
         _, manifest = await proxy.fetch_manifest(img)
         relay.set_faults(stall_after=MID_BLOB)
         start = time.monotonic()
@@ -354,7 +340,7 @@ def test_stall_during_open_finalize(
         closer.start()
         start = time.monotonic()
         with pytest.raises(ImageProxyError) as info:
-            proxy.open_image(_ref(relay, registry_image))
+            proxy.open_image(relay.image_ref(registry_image))
         elapsed = time.monotonic() - start
         closer.join(30)
     assert not hung.is_set(), "OpenImage was still stuck 40 s after finalize began"
@@ -387,7 +373,7 @@ async def test_stall_during_open_finalize_async(
     relay.set_faults(stall_after=0)
     proxy = await AsyncImageProxy(_config()).open()
     with _watchdog(proxy.pid, 40) as hung:
-        opening = asyncio.create_task(proxy.open_image(_ref(relay, registry_image)))
+        opening = asyncio.create_task(proxy.open_image(relay.image_ref(registry_image)))
         await asyncio.sleep(1.0)
         assert not opening.done()
         start = time.monotonic()
@@ -421,15 +407,15 @@ async def test_cancelled_open_image_async(
     relay.set_faults(latency=0.2)  # OpenImage takes over a second: cancel it mid-flight
     async with AsyncImageProxy(_config()) as proxy:
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(proxy.open_image(_ref(relay, big_registry_image)), 0.5)
+            await asyncio.wait_for(proxy.open_image(relay.image_ref(big_registry_image)), 0.5)
         relay.set_faults()
         await asyncio.sleep(1.5)  # the cancelled OpenImage has been answered by now
         # The cancelled request's reply is discarded: the next ones get their own.
-        img = await asyncio.wait_for(proxy.open_image(_ref(relay, registry_image)), 10)
+        img = await asyncio.wait_for(proxy.open_image(relay.image_ref(registry_image)), 10)
         digest, _ = await asyncio.wait_for(proxy.fetch_manifest(img), 10)
         observe(f"after the cancel: open + GetManifest returned the right digest {digest}")
         assert digest == registry_image.image.manifest_digest
-        assert img.reference == _ref(relay, registry_image)
+        assert img.reference == relay.image_ref(registry_image)
 
 
 # --------------------------------------------------------------------------- SIGKILL
@@ -444,7 +430,7 @@ def test_kill_during_stalled_open(
     timer = _kill_later(proxy.pid, 1.0)
     start = time.monotonic()
     with pytest.raises(ProxyExitedError) as info:
-        proxy.open_image(_ref(relay, registry_image))
+        proxy.open_image(relay.image_ref(registry_image))
     elapsed = time.monotonic() - start
     timer.join()
     _check_killed(info.value, "OpenImage")
@@ -461,7 +447,7 @@ def test_kill_during_request(
     relay: Relay, big_registry_image: RegistryImage, method: str, observe: Observe
 ) -> None:
     proxy = ImageProxy(_config()).open()
-    img = proxy.open_image(_ref(relay, big_registry_image))
+    img = proxy.open_image(relay.image_ref(big_registry_image))
     _, manifest = proxy.fetch_manifest(img)
     relay.set_faults(stall_after=0)
     timer = _kill_later(proxy.pid, 1.0)
@@ -484,7 +470,7 @@ def test_kill_during_blob_stream(
     relay: Relay, big_registry_image: RegistryImage, observe: Observe
 ) -> None:
     proxy = ImageProxy(_config()).open()
-    img = proxy.open_image(_ref(relay, big_registry_image))
+    img = proxy.open_image(relay.image_ref(big_registry_image))
     _, manifest = proxy.fetch_manifest(img)
     layer = manifest.layers[0]
     relay.set_faults(latency=0.05, bandwidth=2 << 20)  # the blob takes ~1.5 s
@@ -516,7 +502,7 @@ def test_kill_between_requests(
 ) -> None:
     relay.set_faults(latency=0.02)
     proxy = ImageProxy(_config()).open()
-    img = proxy.open_image(_ref(relay, registry_image))
+    img = proxy.open_image(relay.image_ref(registry_image))
     proxy.fetch_manifest(img)
     os.kill(proxy.pid, signal.SIGKILL)
     time.sleep(0.2)
@@ -539,7 +525,7 @@ async def test_kill_async(
 ) -> None:
     proxy = await AsyncImageProxy(_config()).open()
     loop = asyncio.get_running_loop()
-    ref = _ref(relay, big_registry_image)
+    ref = relay.image_ref(big_registry_image)
     start = time.monotonic()
     with pytest.raises(ProxyExitedError) as info:
         if when == "OpenImage":

@@ -50,7 +50,10 @@ import time
 from collections import deque
 from collections.abc import Coroutine
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
+
+if TYPE_CHECKING:
+    from tests.support.registry import RegistryImage
 
 __all__ = ["Faults", "Relay"]
 
@@ -327,6 +330,10 @@ class Relay:
     def address(self) -> str:
         """``"127.0.0.1:PORT"``, where clients connect."""
         return f"127.0.0.1:{self.port}"
+
+    def image_ref(self, image: RegistryImage) -> str:
+        """The ``docker://`` reference of ``image`` (pushed to the target) through the relay."""
+        return f"docker://{self.address}/{image.repo}:{image.tag}"
 
     @property
     def active_connections(self) -> int:
