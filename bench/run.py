@@ -905,8 +905,8 @@ def _unpack_section() -> list[str]:
         "## Unpack",
         "",
         f"`python bench/unpack.py` ({unpack['umoci']}, {unpack['cores']} cores,"
-        f" options `{_options(unpack['options'])}`, {caches} and the layout read again"
-        " before each run, best of alternating rounds, "
+        f" options `{_options(unpack['options'])}`, {caches} and the layout and every"
+        " contender's programs read again before each run, best of alternating rounds, "
         f"{unpack['seconds']:.0f} s):",
         "",
         unpack["table"],

@@ -28,8 +28,9 @@ Each image is unpacked into each target (``--targets``: ``tmpfs`` under
 Each command runs as its own process. The contenders take turns, round after round
 (``--repeat`` rounds, the order rotating), and each keeps its best round. As root,
 before every run the earlier outputs are removed, dirty pages written back, the
-caches dropped and the layout read again, so that every contender starts the same
-way: the layout in the page cache, the target clean. Without root the caches stay
+caches dropped, and the layout and every contender's programs read again (see
+``WARM``), so that every contender starts the same way: the layout and the programs
+in the page cache, the target clean. Without root the caches stay
 as they are (the report says so). Ours, async and umoci must make the same tree
 (compared as ``tests/support/treediff.py`` does, less ownership, which rootless modes do not
 apply). Prints a table of ratios (alternative's time over ours: above 1 means ours is
