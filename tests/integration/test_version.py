@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -47,7 +48,7 @@ def test_version_when_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     def missing(name: str) -> str:
         raise PackageNotFoundError(name)
 
-    monkeypatch.setattr(_version, "version", missing)
+    monkeypatch.setattr(importlib.metadata, "version", missing)
     assert _version.package_version() == "0+unknown"
 
 
