@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.images import (
+    BIG_LAYER_FILES,
     BuiltImage,
     Layer,
     MultiPlatformImage,
@@ -181,10 +182,7 @@ def no_leaks() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def big_layers_image(images_root: Path) -> BuiltImage:
     """Two incompressible 3 MiB uncompressed layers: each more than a pipe holds."""
-    layers = [
-        Layer({"big/a.bin": random_bytes(3 << 20, seed=11)}, compression="none"),
-        Layer({"big/b.bin": random_bytes(3 << 20, seed=12)}, compression="none"),
-    ]
+    layers = [Layer({name: data}, compression="none") for name, data in BIG_LAYER_FILES.items()]
     return build_oci_layout(images_root / "big-layers", layers)
 
 

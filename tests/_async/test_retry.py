@@ -32,7 +32,7 @@ from containers_image_proxy import (
     unpack_async,
 )
 from containers_image_proxy.oci import Descriptor
-from tests.support.images import BuiltImage, random_bytes, run_skopeo
+from tests.support.images import BIG_LAYER_FILES, BuiltImage, run_skopeo
 from tests.support.registry import RegistryImage
 from tests.support.relay import Relay
 
@@ -42,11 +42,6 @@ Observe = Callable[[str], None]
 
 #: Inside a 3 MiB layer, under the 1 MiB a newer skopeo needs before it resumes again.
 MID_BLOB = 1_000_000
-#: What big_layers_image's two layers hold (see conftest.py).
-LAYER_FILES = {
-    "big/a.bin": random_bytes(3 << 20, seed=11),
-    "big/b.bin": random_bytes(3 << 20, seed=12),
-}
 
 
 def _config(skopeo_cmd: list[str], **options: float | int | None) -> ImageProxyConfig:
@@ -267,7 +262,7 @@ async def test_unpack_resumes(
                 relay.image_ref(big_registry_image), dest, proxy=proxy, on_retry=seen.append
             )
     assert relay.cuts == 2
-    for name, data in LAYER_FILES.items():
+    for name, data in BIG_LAYER_FILES.items():
         assert (dest / name).read_bytes() == data
     assert list(result.retries) == seen
     _check_retries(seen, 3)

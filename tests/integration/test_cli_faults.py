@@ -27,7 +27,7 @@ import pytest
 
 from containers_image_proxy import ImageProxy, _process, cli
 from containers_image_proxy.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED
-from tests.support.images import BuiltImage, random_bytes, run_skopeo
+from tests.support.images import BIG_LAYER_FILES, BuiltImage, run_skopeo
 from tests.support.registry import RegistryImage
 from tests.support.relay import Relay
 
@@ -36,11 +36,6 @@ pytestmark = pytest.mark.usefixtures("no_leaks")
 Observe = Callable[[str], None]
 
 MID_BLOB = 1_000_000
-#: What big_layers_image's two layers hold (see conftest.py).
-LAYER_FILES = {
-    "big/a.bin": random_bytes(3 << 20, seed=11),
-    "big/b.bin": random_bytes(3 << 20, seed=12),
-}
 #: A wrapper that runs the command, optionally without setpriv (the preexec_fn spawn).
 RUNNER = (
     "import sys\n"
@@ -245,7 +240,7 @@ def test_ctrl_c_during_unpack(
         timeout=120,
     )
     assert again.returncode == EXIT_OK, again.stderr.decode()
-    for name, data in LAYER_FILES.items():
+    for name, data in BIG_LAYER_FILES.items():
         assert (dest / name).read_bytes() == data
     observe(f"exit {status}, 'interrupted', no traceback, rootfs removed; the next run unpacked")
 

@@ -62,6 +62,14 @@ def random_bytes(n: int, seed: int) -> bytes:
     return hashlib.shake_256(f"random-bytes:{seed}".encode()).digest(n)
 
 
+#: The files of the ``big_layers_image`` fixture, one per layer: each incompressible
+#: and 3 MiB, more than a pipe holds, so that a transfer can be cut inside a layer.
+BIG_LAYER_FILES: dict[str, bytes] = {
+    "big/a.bin": random_bytes(3 << 20, seed=11),
+    "big/b.bin": random_bytes(3 << 20, seed=12),
+}
+
+
 def _canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
