@@ -420,6 +420,28 @@ def case_round_trips(image: dict[str, Any], calls: int, repeat: int) -> list[Row
     ]
 
 
+def timed_pull(ref: str, dest: Path, jobs: int) -> float:
+    """Seconds ``pull`` takes to fetch ``ref`` (a plain-HTTP registry) into ``dest``,
+    which is removed after."""
+    config = ImageProxyConfig(insecure_skip_tls_verification=True)
+    started = time.perf_counter()
+    pull(ref, dest, config=config, jobs=jobs)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(dest)
+    return seconds
+
+
+def timed_skopeo_copy(ref: str, dest: Path) -> float:
+    """Seconds ``skopeo copy`` takes to fetch ``ref`` (a plain-HTTP registry) into the
+    OCI layout ``dest``, which is removed after."""
+    command = ["skopeo", "copy", "--quiet", "--src-tls-verify=false", ref, f"oci:{dest}:latest"]
+    started = time.perf_counter()
+    subprocess.run(command, check=True)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(dest)
+    return seconds
+
+
 def case_pull(
     image: dict[str, Any], work: Path, bandwidth: float, latency: float, repeat: int
 ) -> list[Row]:
@@ -433,24 +455,9 @@ def case_pull(
         registry.push(image["ref"], "bench/image", "latest")
         with Relay(registry.host, bandwidth=bandwidth, latency=latency) as relay:
             ref = f"docker://{relay.address}/bench/image:latest"
-            config = ImageProxyConfig(insecure_skip_tls_verification=True)
 
             def ours(jobs: int) -> float:
-                dest = work / f"pull-{jobs}"
-                started = time.perf_counter()
-                pull(ref, dest, config=config, jobs=jobs)
-                seconds = time.perf_counter() - started
-                shutil.rmtree(dest)
-                return seconds
-
-            def skopeo_copy() -> float:
-                dest = work / "skopeo-pull"
-                command = ["skopeo", "copy", "--quiet", "--src-tls-verify=false", ref]
-                started = time.perf_counter()
-                subprocess.run([*command, f"oci:{dest}:latest"], check=True)
-                seconds = time.perf_counter() - started
-                shutil.rmtree(dest)
-                return seconds
+                return timed_pull(ref, work / f"pull-{jobs}", jobs)
 
             # The serial pull is only the base of the speed-ups (and the longest):
             # one run; the others take turns, each keeping its best round.
@@ -460,7 +467,7 @@ def case_pull(
                     default: lambda: ours(6),
                     eight: lambda: ours(8),
                     pool: lambda: ours(16),
-                    skopeo: skopeo_copy,
+                    skopeo: lambda: timed_skopeo_copy(ref, work / "skopeo-pull"),
                 },
                 repeat,
             )
@@ -482,29 +489,14 @@ def case_pull(
 
 def case_real_pull(real: RealImage, work: Path, repeat: int) -> list[Row]:
     """Pull the Debian image from a registry on this machine, against skopeo copy."""
-    config = ImageProxyConfig(insecure_skip_tls_verification=True)
     with Registry(work / "registry-real") as registry:
         ref = registry.push(real.ref("gzip"), "bench/debian", "latest")
 
-        def ours(jobs: int) -> float:
-            dest = work / f"real-pull-{jobs}"
-            started = time.perf_counter()
-            pull(ref, dest, config=config, jobs=jobs)
-            seconds = time.perf_counter() - started
-            shutil.rmtree(dest)
-            return seconds
-
         def skopeo() -> float:
-            dest = work / "real-skopeo"
-            command = ["skopeo", "copy", "--quiet", "--src-tls-verify=false", ref, f"oci:{dest}:x"]
-            started = time.perf_counter()
-            subprocess.run(command, check=True)
-            seconds = time.perf_counter() - started
-            shutil.rmtree(dest)
-            return seconds
+            return timed_skopeo_copy(ref, work / "real-skopeo")
 
         runs: dict[str, Callable[[], float]] = {
-            "one proxy (jobs=6, the default)": lambda: ours(6),
+            "one proxy (jobs=6, the default)": lambda: timed_pull(ref, work / "real-pull", 6),
             "skopeo copy docker:// oci:": skopeo,
         }
         skopeo()  # the registry's files into the page cache, for everyone alike
