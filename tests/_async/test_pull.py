@@ -160,6 +160,20 @@ async def test_pull_over_a_pool(skopeo: str, big_layers_image: BuiltImage, tmp_p
     check_layout(tmp_path / "out", "latest", big_layers_image)
 
 
+async def test_one_proxy_serves_eight_streams(
+    skopeo: str, big_layers_image: BuiltImage, tmp_path: Path
+) -> None:
+    seen: set[int] = set()
+
+    def watch(event: PullEvent) -> None:
+        if isinstance(event, BlobProgress):
+            seen.update(child_pids())
+
+    await pull_async(big_layers_image.ref, tmp_path / "out", jobs=8, progress=watch)
+    assert len(seen) == 1  # eight at once fit one proxy: no second skopeo
+    check_layout(tmp_path / "out", "latest", big_layers_image)
+
+
 async def test_pull_errors(skopeo: str, oci_image: BuiltImage, tmp_path: Path) -> None:
     with pytest.raises(ImageNotFoundError):
         await pull_async(f"oci:{oci_image.path}:missing", tmp_path / "a")
